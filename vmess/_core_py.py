@@ -578,6 +578,28 @@ class ChunkWriter:
             out += self._frame(mv[start : start + step])
         return bytes(out)
 
+    def max_output(self, n: int) -> int:
+        """An upper bound on the wire size of ``write(data)`` for ``len(data) == n`` (for :meth:`write_into`)."""
+        s = self._s
+        if not s.chunked:
+            return n
+        chunks = max(1, -(-n // self._max_payload))
+        head = 18 if s.options & OPT_A else 2
+        pad = MAX_PADDING if s.options & OPT_P else 0
+        return n + chunks * (head + s.overhead + pad)
+
+    def write_into(self, data: bytes, out: bytearray, offset: int = 0) -> int:
+        """Like :meth:`write`, but into ``out`` at ``offset`` (room for ``max_output(len(data))`` needed).
+
+        Returns the number of bytes written. The compiled backend seals straight into ``out``.
+        """
+        if offset < 0 or offset + self.max_output(len(data)) > len(out):
+            raise ValueError("output buffer too small")
+        wire = self.write(data)
+        n = len(wire)
+        out[offset : offset + n] = wire
+        return n
+
     def write_end(self) -> bytes:
         """The end-of-stream marker (an empty chunk); empty bytes for a raw stream. Idempotent."""
         s = self._s
