@@ -17,6 +17,7 @@ __all__ = [
     "TruncatedError",
     "UnsupportedError",
     "ConnectionStateError",
+    "AddressError",
 ]
 
 
@@ -64,3 +65,7 @@ class UnsupportedError(VmessError):
 
 class ConnectionStateError(VmessError):
     """An operation was attempted in a connection state that does not allow it."""
+
+
+class AddressError(VmessError, ValueError):
+    """A destination address cannot be encoded (bad port, domain too long, NUL byte ...)."""
