@@ -1,0 +1,99 @@
+"""Fixtures for interop tests against a real v2ray (see v2ray.py / endpoints.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .endpoints import TcpEcho, TcpSink, UdpEcho
+from .v2ray import V2RayProcess, require_v2ray
+
+_HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # This hook sees every collected item of the session: mark only ours.
+    for item in items:
+        if _HERE in Path(str(item.path)).resolve().parents:
+            item.add_marker(pytest.mark.interop)
+
+
+@pytest.fixture(scope="session")
+def v2ray_bin() -> str:
+    """Path of the v2ray binary; skips (or fails, VMESS_REQUIRE_V2RAY=1) if absent."""
+    return require_v2ray()
+
+
+@pytest.fixture
+def tcp_echo() -> Iterator[TcpEcho]:
+    with TcpEcho() as ep:
+        yield ep
+
+
+@pytest.fixture
+def tcp_sink() -> Iterator[TcpSink]:
+    with TcpSink() as ep:
+        yield ep
+
+
+@pytest.fixture
+def udp_echo() -> Iterator[UdpEcho]:
+    with UdpEcho() as ep:
+        yield ep
+
+
+V2RayFactory = Callable[..., V2RayProcess]
+
+
+@pytest.fixture
+def v2ray_factory(v2ray_bin: str) -> Iterator[V2RayFactory]:
+    """``v2ray_factory(config, **V2RayProcess kwargs) -> started V2RayProcess``.
+
+    Every process started through it is stopped at teardown.  On a test
+    failure the logs of all processes are attached to the report as a section."""
+    procs: list[V2RayProcess] = []
+
+    def start(config: Mapping[str, Any], **kwargs: Any) -> V2RayProcess:
+        kwargs.setdefault("binary", v2ray_bin)
+        kwargs.setdefault("name", f"v2ray{len(procs)}")
+        proc = V2RayProcess(config, **kwargs)
+        procs.append(proc)
+        return proc.start()
+
+    start.processes = procs  # type: ignore[attr-defined]
+    try:
+        yield start
+    finally:
+        errors: list[BaseException] = []
+        for proc in reversed(procs):
+            try:
+                proc.stop()
+            except BaseException as e:  # keep stopping the others
+                errors.append(e)
+        if errors:
+            raise errors[0]
+
+
+def _processes_of(item: pytest.Item) -> list[V2RayProcess]:
+    """v2ray processes a test used: V2RayProcess fixtures, and fixtures
+    exposing a ``processes`` list (v2ray_factory, or a test's own objects)."""
+    found: list[V2RayProcess] = []
+    for value in getattr(item, "funcargs", {}).values():
+        candidates = [value] if isinstance(value, V2RayProcess) else getattr(value, "processes", [])
+        for proc in candidates if isinstance(candidates, list) else []:
+            if isinstance(proc, V2RayProcess) and all(proc is not p for p in found):
+                found.append(proc)
+    return found
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    """On failure, attach each involved v2ray's log tail to the report."""
+    report = yield
+    if report.failed:
+        for proc in _processes_of(item):
+            report.sections.append((f"{proc.name} log (pid {proc.pid})", proc.log_tail(60)))
+    return report
