@@ -167,6 +167,13 @@ def test_truncated_response_and_mid_chunk_eof() -> None:
         client.receive_eof()
 
 
+def test_close_without_any_response_is_an_empty_response() -> None:
+    client, _ = make_pair(VmessConfig.new(UID).with_encryption("zero"))
+    client.send(b"request")
+    assert client.receive_eof() == [StreamEnded()]
+    assert client.received_eof
+
+
 def test_clean_tcp_close_without_end_marker_is_a_normal_end() -> None:
     client, server = make_pair(VmessConfig.new(UID).with_encryption("aes-128-gcm"))
     server.receive_data(client.send(b"hi"))

@@ -256,8 +256,13 @@ class ClientConnection:
             return []
         self._received_eof = True
         if self._reader is None:
+            if not self._resp_buf and self.state is ClientState.RECEIVE_RESPONSE:
+                # V2Ray sends its response header only with the first response bytes: when the destination
+                # closes (or refuses) without sending anything, the server just closes. That is an empty
+                # response, not a forged one: no byte was accepted without authentication.
+                return [StreamEnded()]
             self.state = ClientState.CLOSED
-            raise TruncatedError("connection closed before the response header arrived")
+            raise TruncatedError("connection closed in the middle of the response header")
         if self._reader.pending:
             self.state = ClientState.CLOSED
             raise TruncatedError(f"connection closed in the middle of a chunk ({self._reader.pending} bytes pending)")
