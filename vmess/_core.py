@@ -8,10 +8,11 @@ Only this module knows that two backends exist; everything else imports the core
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 NO_EXTENSIONS: bool = os.environ.get("VMESS_NO_EXTENSIONS", "") not in ("", "0")
 
-if NO_EXTENSIONS:
+if TYPE_CHECKING or NO_EXTENSIONS:  # type checkers see the twin's API (the .pyi stub mirrors it)
     from ._core_py import (  # noqa: F401
         fnv1a32,
         ShakeStream,

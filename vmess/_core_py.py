@@ -11,7 +11,7 @@ import hashlib
 import hmac
 import struct
 import zlib
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple, Union
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.decrepit.ciphers.modes import CFB
@@ -78,6 +78,9 @@ _RESP_KEY = b"AEAD Resp Header Key"
 _RESP_IV = b"AEAD Resp Header IV"
 _AUTH_LEN_LABEL = b"auth_len"
 
+Buffer = Union[bytes, bytearray, memoryview]
+"""Any bytes-like object the core accepts as input."""
+
 _BE16 = struct.Struct(">H")
 _BE32 = struct.Struct(">I")
 _BE64 = struct.Struct(">Q")
@@ -86,7 +89,7 @@ _BE64 = struct.Struct(">Q")
 # --------------------------------------------------------------------------------------------- FNV-1a
 
 
-def fnv1a32(data: bytes) -> int:
+def fnv1a32(data: Buffer) -> int:
     """FNV-1a 32-bit hash (spec 2.3): the command-section checksum and the legacy chunk checksum."""
     h = _FNV_OFFSET
     for b in bytes(data):

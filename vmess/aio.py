@@ -60,7 +60,7 @@ class _ClientProtocol(asyncio.Protocol):
         self.datagrams: Deque[bytes] = collections.deque()
         self.datagram_waiter: Optional[asyncio.Future[None]] = None
         self.closed: asyncio.Future[None] = loop.create_future()
-        self.exception: Optional[BaseException] = None
+        self.exception: Optional[Exception] = None
         self._paused = False
         self._drain_waiters: Deque[asyncio.Future[None]] = collections.deque()
         self._header_timer: Optional[asyncio.TimerHandle] = None
@@ -124,7 +124,7 @@ class _ClientProtocol(asyncio.Protocol):
         self._wake_drain()
 
     # --- helpers
-    def _fail(self, exc: BaseException) -> None:
+    def _fail(self, exc: Exception) -> None:
         log.warning("vmess connection failed: %s", exc)
         self.exception = exc
         self.reader.set_exception(exc)

@@ -416,7 +416,7 @@ def _parse_url(rest: str) -> VmessLink:
     port = _check_port(port_text, "port")
 
     params = _query_pairs(query)
-    vmess_params = {key: params[key] for key in ("encryption", "alterId", "test") if key in params}
+    vmess_params: dict[str, str] = {key: params[key] for key in ("encryption", "alterId", "test") if key in params}
     security = params.get("security", "").strip()
     seed_form = "alterId" in params or "test" in params
     transport = _url_transport(params)

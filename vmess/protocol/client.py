@@ -12,6 +12,8 @@ import os
 import time
 from typing import Callable, List, Optional, Tuple
 
+from cryptography.hazmat.primitives.ciphers import CipherContext
+
 from .. import _core
 from ..config import VmessConfig
 from ..constants import MAX_WRITE_CHUNK, Command, Option, Security
@@ -116,7 +118,7 @@ class ClientConnection:
         )
         self._reader: Optional[_core.ChunkReader] = None
         self._resp_buf = bytearray()
-        self._resp_cfb: object = None
+        self._resp_cfb: Optional[CipherContext] = None
         self.state = ClientState.SEND_REQUEST
         self._sent_eof = False
         self._received_eof = False

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 from .. import _core
 from ..constants import Command, Security
@@ -95,7 +95,7 @@ class RequestHeader:
         )
 
     @staticmethod
-    def section_length(prefix: bytes) -> Optional[int]:
+    def section_length(prefix: Union[bytes, bytearray]) -> Optional[int]:
         """Total section length implied by ``prefix``, or None if more bytes are needed to know it.
 
         Used by a legacy-header reader, whose section has no length field.
