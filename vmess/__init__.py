@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ._core import BACKEND
 from .aio import open_connection, open_udp
+from .aio_server import VmessServer, start_server
 from .config import VmessConfig, VmessEncryption, VmessSecurityLevel
 from .errors import (
     AddressError,
@@ -38,8 +39,10 @@ __all__ = [
     "VmessProxyImpl",
     "VmessProxyManager",
     "VmessSecurityLevel",
+    "VmessServer",
     "open_connection",
     "open_udp",
     "parse_link",
     "parse_subscription",
+    "start_server",
 ]
