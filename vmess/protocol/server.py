@@ -48,6 +48,13 @@ TIME_WINDOW = 120
 
 _LEGACY_REFRESH = 10
 
+# Plain ints for the per-request checks (IntFlag arithmetic costs microseconds per request).
+_OPT_S = int(Option.CHUNK_STREAM)
+_OPT_M = int(Option.CHUNK_MASKING)
+_OPT_P = int(Option.GLOBAL_PADDING)
+_OPT_A = int(Option.AUTHENTICATED_LENGTH)
+_AEAD_SECURITIES = (int(Security.AES128_GCM), int(Security.CHACHA20_POLY1305))
+
 
 @dataclass(eq=False)
 class User:
@@ -431,13 +438,13 @@ class ServerConnection:
         assert user is not None
         security = header.security
         options = header.options
-        if options & Option.GLOBAL_PADDING and not options & Option.CHUNK_MASKING:
+        if options & _OPT_P and not options & _OPT_M:
             raise ProtocolError("invalid options: global padding (P) without chunk masking (M)")
-        if security in (Security.AES128_GCM, Security.CHACHA20_POLY1305) and not options & Option.CHUNK_STREAM:
+        if security in _AEAD_SECURITIES and not options & _OPT_S:
             raise ProtocolError("invalid options: an AEAD security needs chunk stream (S)")
-        if options & Option.AUTHENTICATED_LENGTH and security not in (Security.AES128_GCM, Security.CHACHA20_POLY1305):
+        if options & _OPT_A and security not in _AEAD_SECURITIES:
             raise ProtocolError("invalid options: authenticated length (A) needs AES-128-GCM or ChaCha20-Poly1305")
-        if header.command == Command.UDP and not options & Option.CHUNK_STREAM:
+        if header.command == Command.UDP and not options & _OPT_S:
             raise ProtocolError("invalid options: UDP needs chunk stream (S)")
         if not self.replay.check_session(user.user_id.bytes, header.req_key, header.req_iv, self._now()):
             raise ReplayError("replayed session (same request key and IV)")
