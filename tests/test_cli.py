@@ -30,7 +30,7 @@ GOOD_LINKS = [
     # (link, expected server, port, encryption, transport net, supported)
     (v2rayn({"v": "2", "ps": "hk-01", "add": "hk.example.net", "port": "443", "id": UID, "aid": "0", "scy": "auto",
              "net": "ws", "type": "none", "host": "cdn.example.net", "path": "/ray", "tls": "tls", "sni": "cdn.example.net"}),
-     "hk.example.net", 443, "auto", "ws", False),
+     "hk.example.net", 443, "auto", "ws", True),
     (v2rayn({"v": 2, "ps": "plain", "add": "10.1.2.3", "port": 10086, "id": UID, "aid": 0, "scy": "aes-128-gcm",
              "net": "tcp", "type": "none", "host": "", "path": "", "tls": ""}),
      "10.1.2.3", 10086, "aes-128-gcm", "tcp", True),
@@ -118,7 +118,7 @@ def test_server_config_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
         (["server", "--listen", "nonsense", "--user", UID], "--listen"),
         (["server", "--listen", "127.0.0.1:0", "--user", "not-a-uuid"], "user #1"),
         (["client", "vmess://garbage"], "link"),
-        (["client", f"vmess://{UID}@h:1?type=ws&security=tls"], "ws"),
+        (["client", f"vmess://{UID}@h:1?type=grpc&security=tls"], "grpc"),
     ],
 )
 def test_bad_arguments_exit_2(args: list, needle: str) -> None:

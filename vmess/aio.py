@@ -12,7 +12,7 @@ import collections
 import logging
 import os
 import time
-from typing import Any, Callable, Deque, Optional, Tuple, Union
+from typing import Any, Callable, Deque, Optional, Tuple, Union, cast
 
 from .config import VmessConfig
 from .constants import Command
@@ -24,8 +24,8 @@ __all__ = ["open_connection", "open_udp", "VmessStreamWriter", "VmessDatagramStr
 
 log = logging.getLogger("vmess.client")
 
-ProxySpec = Union[str, Any, Tuple[Tuple[str, int], VmessConfig]]
-"""A share link string, a parsed ``VmessLink``, or ``((server_host, server_port), VmessConfig)``."""
+ProxySpec = Union[str, Any, Tuple[Tuple[str, int], VmessConfig], Tuple[Tuple[str, int], VmessConfig, Any]]
+"""A share link string, a parsed ``VmessLink``, or ``((server_host, server_port), VmessConfig[, TransportSettings])``."""
 
 _READ_LIMIT = 1 << 20
 HEADER_DELAY = 0.1
@@ -39,10 +39,12 @@ def resolve_proxy(proxy: ProxySpec) -> Tuple[str, int, VmessConfig]:
     if isinstance(proxy, str):
         proxy = parse_link(proxy)
     if isinstance(proxy, VmessLink):
-        proxy.require_plain_tcp()
+        from .transport import TransportSettings
+
+        TransportSettings.from_link(proxy)  # UnsupportedError for transports not implemented (grpc, kcp, reality ...)
         return proxy.server_host, proxy.server_port, proxy.config
-    if isinstance(proxy, tuple) and len(proxy) == 2 and isinstance(proxy[1], VmessConfig):
-        server, config = proxy
+    if isinstance(proxy, tuple) and len(proxy) in (2, 3) and isinstance(proxy[1], VmessConfig):
+        server, config = proxy[0], proxy[1]
         if not (isinstance(server, tuple) and len(server) == 2):
             raise ConfigError("proxy", server, "server address must be a (host, port) pair")
         return str(server[0]), int(server[1]), config
@@ -67,7 +69,7 @@ class _ClientProtocol(asyncio.Protocol):
 
     # --- asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # duck-typed: uvloop's transports are no asyncio.Transport
         self.transport = transport
         self.reader.set_transport(transport)
         self._header_timer = self.loop.call_later(HEADER_DELAY, self.flush_header)
@@ -230,6 +232,15 @@ class VmessStreamWriter:
         return self.transport.get_extra_info(name, default)
 
 
+def _offset_clock(now: Callable[[], float], offset: float) -> Callable[[], float]:
+    """``now`` shifted by ``offset`` seconds: the clock a request header is stamped with."""
+
+    def shifted() -> float:
+        return now() + offset
+
+    return shifted
+
+
 async def _connect(
     host: str,
     port: int,
@@ -240,14 +251,22 @@ async def _connect(
     now: Callable[[], float],
     urandom: Callable[[int], bytes],
     chunk_size: int,
+    clock_offset: float = 0.0,
 ) -> _ClientProtocol:
     server_host, server_port, config = resolve_proxy(proxy)
+    if clock_offset:
+        now = _offset_clock(now, clock_offset)
     conn = ClientConnection(config, host, port, command=command, now=now, urandom=urandom, chunk_size=chunk_size)
     loop = asyncio.get_running_loop()
-    _, protocol = await asyncio.wait_for(
-        loop.create_connection(lambda: _ClientProtocol(conn, loop), server_host, server_port),
-        connect_timeout,
-    )
+    from .transport import open_transport, transport_for
+
+    settings = transport_for(proxy)  # None: plain TCP; else TLS and/or WebSocket (vmess.transport)
+    connecting: Any
+    if settings is None:
+        connecting = loop.create_connection(lambda: _ClientProtocol(conn, loop), server_host, server_port)
+    else:
+        connecting = open_transport(settings, server_host, server_port, lambda: _ClientProtocol(conn, loop), loop)
+    _, protocol = await asyncio.wait_for(connecting, connect_timeout)
     log.debug("vmess %s to %s:%d via %s:%d", command.name, host, port, server_host, server_port)
     return protocol
 
@@ -261,14 +280,18 @@ async def open_connection(
     now: Callable[[], float] = time.time,
     urandom: Callable[[int], bytes] = os.urandom,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    clock_offset: float = 0.0,
 ) -> Tuple[asyncio.StreamReader, VmessStreamWriter]:
     """Open a TCP stream to ``host:port`` through the VMess server in ``proxy``; like ``asyncio.open_connection``.
 
-    The request header goes out with the first write (or alone after 100 ms without one).
+    The request header goes out with the first write (or alone after 100 ms without one). Servers refuse a
+    request whose timestamp is more than 120 s from their clock: on a machine whose clock is wrong, pass
+    ``clock_offset`` (seconds added to ``now()``, e.g. ``+600`` if this clock is 10 minutes slow), or a ``now``
+    that reads a better clock.
     """
     protocol = await _connect(
         host, port, proxy, Command.TCP, connect_timeout=connect_timeout, now=now, urandom=urandom,
-        chunk_size=chunk_size,
+        chunk_size=chunk_size, clock_offset=clock_offset,
     )
     return protocol.reader, VmessStreamWriter(protocol)
 
@@ -329,10 +352,12 @@ async def open_udp(
     connect_timeout: float = 10.0,
     now: Callable[[], float] = time.time,
     urandom: Callable[[int], bytes] = os.urandom,
+    clock_offset: float = 0.0,
 ) -> VmessDatagramStream:
-    """Open a VMess UDP session (command 2) to ``host:port`` through ``proxy``."""
+    """Open a VMess UDP session (command 2) to ``host:port`` through ``proxy`` (``clock_offset``: as for
+    :func:`open_connection`)."""
     protocol = await _connect(
         host, port, proxy, Command.UDP, connect_timeout=connect_timeout, now=now, urandom=urandom,
-        chunk_size=DEFAULT_CHUNK_SIZE,
+        chunk_size=DEFAULT_CHUNK_SIZE, clock_offset=clock_offset,
     )
     return VmessDatagramStream(protocol)

@@ -343,7 +343,7 @@ class _Session(asyncio.BufferedProtocol):
     # -------------------------------------------------------------------------------- inbound callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # duck-typed: uvloop's transports are no asyncio.Transport
         self.transport = transport
         self.peer = _fmt_addr(transport.get_extra_info("peername"))
         if not self.server._admit(self):
@@ -410,14 +410,14 @@ class _Session(asyncio.BufferedProtocol):
 
     def pause_writing(self) -> None:
         self._client_full = True
-        upstream = self.upstream
-        if not self.udp and isinstance(upstream, asyncio.ReadTransport) and not upstream.is_closing():
+        upstream = cast(Optional[asyncio.ReadTransport], self.upstream)  # duck-typed: uvloop's are no ReadTransport
+        if not self.udp and hasattr(upstream, "pause_reading") and upstream is not None and not upstream.is_closing():
             upstream.pause_reading()
 
     def resume_writing(self) -> None:
         self._client_full = False
-        upstream = self.upstream
-        if not self.udp and isinstance(upstream, asyncio.ReadTransport) and not upstream.is_closing():
+        upstream = cast(Optional[asyncio.ReadTransport], self.upstream)
+        if not self.udp and hasattr(upstream, "pause_reading") and upstream is not None and not upstream.is_closing():
             upstream.resume_reading()
 
     # -------------------------------------------------------------------------------- handshake
@@ -535,8 +535,8 @@ class _Session(asyncio.BufferedProtocol):
             return
         if hasattr(transport, "set_write_buffer_limits"):
             transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
-        if self._client_full and not self.udp and isinstance(transport, asyncio.ReadTransport):
-            transport.pause_reading()
+        if self._client_full and not self.udp and hasattr(transport, "pause_reading"):
+            cast(asyncio.ReadTransport, transport).pause_reading()
         self.phase = _Phase.RELAY
         pending, self._pending = self._pending, []
         for data in pending:
@@ -821,8 +821,15 @@ class VmessServer:
         self._empty = asyncio.Event()
         self._empty.set()
 
-    async def _listen(self, host: Optional[str], port: int, **kwargs: Any) -> None:
-        self._server = await self._loop.create_server(lambda: _Session(self), host, port, **kwargs)
+    async def _listen(self, host: Optional[str], port: int, *, websocket: Any = None, **kwargs: Any) -> None:
+        factory: Callable[[], asyncio.BaseProtocol] = lambda: _Session(self)
+        if websocket is not None or kwargs.get("ssl") is not None:
+            from .transport import wrap_server_factory  # WebSocket / TLS relays in front of _Session
+
+            factory = wrap_server_factory(factory, websocket=websocket, tls=kwargs.get("ssl") is not None)
+            if kwargs.get("ssl") is not None:
+                kwargs.setdefault("ssl_handshake_timeout", self.handshake_timeout)
+        self._server = await self._loop.create_server(factory, host, port, **kwargs)
 
     # --- addresses
     @property
@@ -950,6 +957,7 @@ async def start_server(
     now: Callable[[], float] = time.time,
     urandom: Callable[[int], bytes] = os.urandom,
     chunk_size: int = 16384,
+    websocket: Any = None,
     **listen_kwargs: Any,
 ) -> VmessServer:
     """Start a VMess server on ``host:port`` (port 0: any free port) and return it, already listening.
@@ -958,7 +966,9 @@ async def start_server(
     :class:`DirectOutbound`; ``block_private`` configures that default (combining it with your own outbound is
     an error, so the option is never silently ignored). ``max_sessions=None`` means no limit. ``now`` and
     ``urandom`` are the clock and randomness given to every :class:`ServerConnection`. Further keyword arguments
-    go to ``loop.create_server`` (``reuse_port``, ``backlog`` ...).
+    go to ``loop.create_server`` (``reuse_port``, ``backlog`` ...). Transports: ``ssl=`` an ``SSLContext``
+    (``vmess.transport.server_context(cert, key)``) serves TLS; ``websocket=`` a
+    ``vmess.transport.WebSocketServerSettings`` (or just its path) serves WebSocket; both together serve ws+tls.
     """
     if outbound is None:
         outbound = DirectOutbound(block_private=block_private)
@@ -979,7 +989,7 @@ async def start_server(
         urandom=urandom,
         chunk_size=chunk_size,
     )
-    await server._listen(host, port, **listen_kwargs)
+    await server._listen(host, port, websocket=websocket, **listen_kwargs)
     log.info("listening on %s (%d users)", ", ".join(_fmt_addr(s.getsockname()) for s in server.sockets),
              len(server.users))
     return server

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple
@@ -117,6 +118,12 @@ def _server_settings(args: argparse.Namespace) -> Dict[str, Any]:
         settings["handshake_timeout"] = float(timeouts["handshake"])
     if "idle" in timeouts:
         settings["idle_timeout"] = float(timeouts["idle"])
+    from .transport.options import server_transport_options  # ssl= / websocket= from --cert/--key/--ws-* and "tls"/"ws"
+
+    settings.update(server_transport_options(
+        cert=args.cert, key=args.key, ws_path=args.ws_path, ws_host=args.ws_host, config=cfg,
+        base_dir=os.path.dirname(os.path.abspath(args.config)) if args.config else ".",
+    ))
     return settings
 
 
@@ -131,6 +138,9 @@ async def _serve(args: argparse.Namespace) -> int:
         print(f"vmess server: cannot listen on {settings['host']}:{settings['port']}: {exc.strerror}", file=sys.stderr)
         return EXIT_FAILED
     print(f"listening on {_format_addr(server.address)}", flush=True)
+    from .transport.options import describe_server_transport
+
+    log.info("transport: %s", describe_server_transport(settings))
     how = await stop
     log.info("stopping on %s", how)
     await server.shutdown(args.grace)
@@ -151,7 +161,9 @@ async def _client(args: argparse.Namespace) -> int:
     from .links import parse_link
 
     link = parse_link(args.link)
-    link.require_plain_tcp()
+    from .transport import TransportSettings
+
+    TransportSettings.from_link(link)  # UnsupportedError for transports not implemented (grpc, kcp, reality ...)
     host, port = parse_hostport(args.listen)
     auth = None
     stop = _install_stop_signals()
@@ -190,9 +202,15 @@ def link_to_json(link: Any) -> Dict[str, Any]:
         "encryption": config.encryption.name_on_link,
         "level": config.security_level.name.lower(),
         "transport": dict(link.transport),
-        "supported": link.is_plain_tcp,
+        "supported": _transport_supported(link),
         "v2rayN": link.to_v2rayn(),
     }
+
+
+def _transport_supported(link: Any) -> bool:
+    from .transport import is_supported
+
+    return is_supported(link)
 
 
 def _link(args: argparse.Namespace) -> int:
@@ -259,9 +277,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:10086, or the config file's)")
     p.add_argument("--user", action="append", metavar="UUID", help="a user ID (repeatable)")
     p.add_argument("--alter-id", type=int, default=0, help="alterId for --user (0 = AEAD only, > 0 also legacy)")
-    p.add_argument("--config", metavar="FILE", help="JSON: listen, users [{id, alterId, name}], policy, timeouts")
+    p.add_argument("--config", metavar="FILE", help="JSON: listen, users [{id, alterId, name}], policy, timeouts, tls, ws")
     p.add_argument("--block-private", action="store_true", help="refuse private, loopback and link-local targets")
     p.add_argument("--grace", type=float, default=5.0, help="seconds to let sessions finish on stop (default 5)")
+    p.add_argument("--cert", metavar="FILE", help="serve TLS with this PEM certificate chain (config: tls.cert)")
+    p.add_argument("--key", metavar="FILE", help="PEM private key for --cert (config: tls.key)")
+    p.add_argument("--ws-path", metavar="PATH", help="serve WebSocket on this path (config: ws.path)")
+    p.add_argument("--ws-host", metavar="HOST", help="with --ws-path: require this Host header (config: ws.host)")
 
     p = sub.add_parser("link", help="parse share links or a subscription ('-' reads stdin) and print JSON")
     p.add_argument("links", nargs="+", metavar="LINK")

@@ -18,6 +18,7 @@ __all__ = [
     "UnsupportedError",
     "ConnectionStateError",
     "AddressError",
+    "TransportError",
 ]
 
 
@@ -69,3 +70,11 @@ class ConnectionStateError(VmessError):
 
 class AddressError(VmessError, ValueError):
     """A destination address cannot be encoded (bad port, domain too long, NUL byte ...)."""
+
+
+class TransportError(VmessError, ConnectionError):
+    """The transport under VMess failed: TLS verification or handshake, or the WebSocket upgrade.
+
+    Also a ``ConnectionError`` (an ``OSError``), like the ``ssl`` errors it replaces, so connection-level handlers
+    catch it; the message says what failed and, for certificates, how to allow an insecure connection explicitly.
+    """

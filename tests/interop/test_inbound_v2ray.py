@@ -574,6 +574,6 @@ def test_curl(
 
 
 def test_unimplemented_transport_is_refused_at_start() -> None:
-    link = f"vmess://{USER}@127.0.0.1:1?encryption=aes-128-gcm&type=ws&path=%2F"
-    with pytest.raises(UnsupportedError, match="ws"):
+    link = f"vmess://{USER}@127.0.0.1:1?encryption=aes-128-gcm&type=grpc&serviceName=svc"
+    with pytest.raises(UnsupportedError, match="grpc"):
         asyncio.run(start_local_proxy(link, port=0))

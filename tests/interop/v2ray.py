@@ -6,9 +6,11 @@ Public API::
     v2ray_available() -> bool
     require_v2ray() -> str         skip (or fail with VMESS_REQUIRE_V2RAY=1) when absent
     free_port(kind="tcp") -> int
-    server_config(port, users, *, log_level="warning") -> dict
+    server_config(port, users, *, log_level="warning", stream_settings=None) -> dict
     client_config(socks_port, server_port, uuid, *, alter_id=0,
-                  security="aes-128-gcm", log_level="warning") -> dict
+                  security="aes-128-gcm", log_level="warning",
+                  stream_settings=None) -> dict
+    stream_settings(network="tcp", *, tls=None, ws_path=None, ws_host=None) -> dict
     V2RayProcess(config, *, binary=None, startup_timeout=10.0, env=None)
     V2RayError
 
@@ -54,6 +56,7 @@ __all__ = [
     "free_port",
     "require_v2ray",
     "server_config",
+    "stream_settings",
     "v2ray_available",
 ]
 
@@ -114,8 +117,11 @@ def server_config(
     users: Iterable[tuple[str, int]],
     *,
     log_level: str = "warning",
+    stream_settings: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A VMess server: ``vmess`` inbound on 127.0.0.1:port -> ``freedom`` outbound.
+
+    ``stream_settings`` replaces the inbound's ``{"network": "tcp"}`` (TLS, WebSocket: see :func:`stream_settings`).
 
     ``users`` is a list of ``(uuid, alter_id)``.  Users with alter_id > 0 also
     accept the legacy (MD5/alter ID) header; every user accepts the AEAD header.
@@ -136,7 +142,7 @@ def server_config(
                 "port": int(port),
                 "protocol": "vmess",
                 "settings": {"clients": clients, "disableInsecureEncryption": False},
-                "streamSettings": {"network": "tcp"},
+                "streamSettings": dict(stream_settings or {"network": "tcp"}),
             }
         ],
         "outbounds": [
@@ -158,6 +164,7 @@ def client_config(
     alter_id: int = 0,
     security: str = "aes-128-gcm",
     log_level: str = "warning",
+    stream_settings: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A VMess client: ``socks`` inbound on 127.0.0.1:socks_port (no auth, UDP
     enabled, UDP relay announced as 127.0.0.1) -> ``vmess`` outbound to
@@ -196,10 +203,32 @@ def client_config(
                         }
                     ]
                 },
-                "streamSettings": {"network": "tcp"},
+                "streamSettings": dict(stream_settings or {"network": "tcp"}),
             }
         ],
     }
+
+
+def stream_settings(
+    network: str = "tcp",
+    *,
+    tls: Mapping[str, Any] | None = None,
+    ws_path: str | None = None,
+    ws_host: str | None = None,
+) -> dict[str, Any]:
+    """v2ray 4.x ``streamSettings``: ``network`` "tcp" or "ws" (``wsSettings`` path and Host header), and
+    ``security: "tls"`` with ``tlsSettings`` = ``tls`` when given (e.g. ``{"certificates": [{"certificateFile": F,
+    "keyFile": K}]}`` on a server, ``{"serverName": N, "allowInsecure": True}`` on a client)."""
+    out: dict[str, Any] = {"network": network}
+    if network == "ws":
+        ws: dict[str, Any] = {"path": ws_path or "/"}
+        if ws_host:
+            ws["headers"] = {"Host": ws_host}
+        out["wsSettings"] = ws
+    if tls is not None:
+        out["security"] = "tls"
+        out["tlsSettings"] = dict(tls)
+    return out
 
 
 def _tcp_inbound_ports(config: Mapping[str, Any]) -> list[int]:

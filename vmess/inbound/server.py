@@ -877,6 +877,12 @@ async def start_local_proxy(
     destination without traffic, and a client that does not finish its handshake.
     """
     server_host, server_port, config = resolve_proxy(proxy)
+    from ..transport import transport_for  # TLS / WebSocket settings of the link, carried to open_connection
+
+    upstream: Any = ((server_host, server_port), config)
+    transport = transport_for(proxy)
+    if transport is not None:
+        upstream = (*upstream, transport)
     if auth is not None:
         if not (isinstance(auth, tuple) and len(auth) == 2 and all(isinstance(x, str) for x in auth)):
             raise ConfigError("auth", "<redacted>", "expected a (username, password) pair of strings")
@@ -891,7 +897,7 @@ async def start_local_proxy(
     if max_udp_sessions < 1:
         raise ConfigError("max_udp_sessions", max_udp_sessions, "must be at least 1")
     lp = LocalProxy(
-        ((server_host, server_port), config),
+        upstream,
         auth=auth,
         connect_timeout=connect_timeout,
         idle_timeout=idle_timeout,
