@@ -1,0 +1,49 @@
+"""Smoke test of the benchmark scripts: they run to the end on a tiny workload and print their tables.
+
+No wall-clock thresholds: only the exit status and the shape of the output are checked.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .interop.v2ray import v2ray_available
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+
+
+def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
+
+
+def test_bench_e2e_tiny(tmp_path: Path) -> None:
+    pairs = "ours,direct" + (",v2ray" if v2ray_available() else "")
+    out_json = tmp_path / "e2e.json"
+    proc = _run(
+        [str(BENCH / "bench_e2e.py"), "--size", "1", "--repeat", "1", "--conns", "10", "--idle", "10", "--ciphers", "aes-128-gcm",
+         "--pairs", pairs, "--loop", "asyncio", "--json", str(out_json)],
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    text = proc.stdout
+    for heading in ("Bulk upload", "Bulk download", "Connection rate", "Idle sessions"):
+        assert heading in text, text
+    assert "ours[aio]/ours[aio]" in text and "direct" in text, text
+    if v2ray_available():
+        assert "v2ray/v2ray" in text, text
+    assert "FAILED" not in text, text
+    assert out_json.exists() and '"mb_s"' in out_json.read_text()
+
+
+def test_bench_seed_quick() -> None:
+    proc = _run([str(BENCH / "bench_seed.py"), "--quick"], timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    text = proc.stdout
+    for heading in ("Proxy creation", "Data processing", "Config parsing", "Memory allocation", "Concurrency",
+                    "Encryption", "aes-128-cfb", "chacha20-poly1305"):
+        assert heading in text, text
