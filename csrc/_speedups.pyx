@@ -1192,8 +1192,11 @@ cdef class ChunkReader(_Body):
 
     @property
     def pending(self):
-        """Bytes received that do not yet form a complete chunk (non-zero at EOF means truncation)."""
-        return self._blen
+        """Bytes received that do not yet form a complete chunk (non-zero at EOF means truncation).
+
+        A decoded length field counts until its chunk is complete: a stream cut right after one is truncated too.
+        """
+        return self._blen + (self._hlen if self._size >= 0 else 0)
 
     @property
     def unused_data(self):

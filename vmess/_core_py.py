@@ -671,8 +671,14 @@ class ChunkReader:
 
     @property
     def pending(self) -> int:
-        """Bytes received that do not yet form a complete chunk (non-zero at EOF means truncation)."""
-        return len(self._buf)
+        """Bytes received that do not yet form a complete chunk (non-zero at EOF means truncation).
+
+        A decoded length field counts until its chunk is complete: a stream cut right after one is truncated too.
+        """
+        head = 0
+        if self._size >= 0:
+            head = 18 if self._s.options & OPT_A else 2
+        return len(self._buf) + head
 
     @property
     def unused_data(self) -> bytes:

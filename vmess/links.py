@@ -47,6 +47,8 @@ _V2RAYN_SLOTS: dict[str, tuple[tuple[str, str], ...]] = {
 """URL parameters that v2rayN stores in its generic ``path``/``type``/``host`` slots, per network."""
 _BASE64_CHARS = re.compile(r"[A-Za-z0-9+/]*")
 _BAD_HOST_CHARS = re.compile(r"[\s/?#@\[\]\\%\x00-\x1f\x7f]")
+_UUID_LIKE = re.compile(r"(?:[0-9a-fA-F]{4,}-){2,}[0-9a-fA-F]{4,}|[0-9a-fA-F]{16,}")
+"""A UUID, with or without dashes, or a long part of one (a corrupted paste can break its first digits)."""
 
 
 def _truncate(text: str, limit: int = 16) -> str:
@@ -444,6 +446,26 @@ def parse_link(text: str) -> VmessLink:
     In a URL, ``security=tls|reality|xtls`` is transport security; ``auto|standard|high`` is the seed's level, and so
     is ``none`` when the link also has the seed's ``alterId`` or ``test`` parameter (else it means "no TLS").
     """
+    try:
+        return _parse_link(text)
+    except ConfigError as exc:
+        raise _scrub_user_ids(exc) from None
+
+
+def _scrub_user_ids(exc: ConfigError) -> ConfigError:
+    """``exc`` with anything shaped like a UUID (or a long part of one) masked: a mangled link (a doubled paste, a
+    stray ``://``) can put its user ID into the field an error message echoes; the specific checks mask the ID
+    field, this catches the rest.
+    """
+    if not _UUID_LIKE.search(str(exc)):
+        return exc
+    value = exc.value
+    if _UUID_LIKE.search(repr(value)):
+        value = _UUID_LIKE.sub("<uuid>", value if isinstance(value, str) else repr(value))
+    return ConfigError(exc.field, value, _UUID_LIKE.sub("<uuid>", exc.reason))
+
+
+def _parse_link(text: str) -> VmessLink:
     if not isinstance(text, str):
         raise ConfigError("link", type(text).__name__, "expected a string")
     stripped = text.strip().lstrip("\ufeff").strip()
@@ -451,7 +473,8 @@ def parse_link(text: str) -> VmessLink:
     if not sep:
         raise ConfigError("link", _redact_link(stripped), "not a vmess:// link")
     if scheme.lower() != "vmess":
-        raise ConfigError("link", f"{_truncate(scheme, 12)}://…", f"scheme {scheme.lower()!r} is not vmess")
+        reason = f"scheme {_truncate(scheme.lower(), 12)!r} is not vmess"  # a long "scheme" is a mangled link
+        raise ConfigError("link", f"{_truncate(scheme, 12)}://…", reason)
     before_fragment, _, fragment = rest.partition("#")
     if "@" in before_fragment:
         return _parse_url(rest)

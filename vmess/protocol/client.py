@@ -180,7 +180,7 @@ class ClientConnection:
             self.state = ClientState.CLOSED
             raise ProtocolError("server sent data before the request")
         if self._received_eof:
-            raise ConnectionStateError("data after end of stream")
+            return []  # bytes after the end marker are ignored, as when they arrive in the same read as the marker
         try:
             return self._receive(data)
         except VmessError:

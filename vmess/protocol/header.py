@@ -7,7 +7,7 @@ opening use the core (``vmess._core``), so the compiled backend does the cryptog
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Union
 
 from .. import _core
@@ -31,10 +31,13 @@ _KNOWN_SECURITY = frozenset((Security.LEGACY, Security.AES128_GCM, Security.CHAC
 
 @dataclass(frozen=True)
 class RequestHeader:
-    """The decoded command section of a request (spec 2.3). ``host``/``port`` are empty/0 for Mux."""
+    """The decoded command section of a request (spec 2.3). ``host``/``port`` are empty/0 for Mux.
 
-    req_iv: bytes
-    req_key: bytes
+    ``req_iv`` and ``req_key`` are the session's body keys: they are left out of the repr (and so out of logs).
+    """
+
+    req_iv: bytes = field(repr=False)
+    req_key: bytes = field(repr=False)
     resp_v: int
     options: int
     security: int

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
+import logging
 import os
 import threading
 import time
@@ -42,6 +43,8 @@ __all__ = [
     "RequestReceived",
     "TIME_WINDOW",
 ]
+
+_log = logging.getLogger("vmess.server")
 
 TIME_WINDOW = 120
 """Accepted clock difference between client and server, in seconds (both header formats)."""
@@ -144,6 +147,8 @@ class UserTable:
             span = self._legacy_span
             if span is None or t - span[0] > TIME_WINDOW + _LEGACY_REFRESH or span[1] - t < TIME_WINDOW:
                 self._refresh_legacy(t)
+            # A dict lookup, not a loop of comparisons: Python compares the key bytes only after their hashes
+            # (SipHash, randomly keyed per process) are equal, so timing says nothing about how close a guess was.
             return self._legacy.get(bytes(auth))
 
     def _refresh_legacy(self, t: int) -> None:
@@ -169,34 +174,52 @@ class UserTable:
 
 
 class ReplayFilter(ABC):
-    """Remembers AuthIDs (120-240 s) and request sessions (3 min); a shared implementation can replace it."""
+    """Remembers AuthIDs and request sessions long enough that a replay cannot pass the clock check unseen.
+
+    A request passes the clock check while ``|ts - now| <= TIME_WINDOW`` and its timestamp may be up to 120 s
+    ahead of ours, so the same AuthID (or legacy header) can be accepted for up to ``2 * TIME_WINDOW`` = 240 s
+    after it is first seen: an implementation must remember both kinds of entries at least that long.
+    A shared implementation (several server processes) can replace the in-memory one.
+    """
 
     @abstractmethod
     def check_auth_id(self, auth_id: bytes, now: float) -> bool:
-        """Record ``auth_id``; False if it was seen within the window (a replay)."""
+        """Record ``auth_id``; False if it was seen within the window (a replay), or cannot be recorded."""
 
     @abstractmethod
     def check_session(self, user_id: bytes, req_key: bytes, req_iv: bytes, now: float) -> bool:
-        """Record the (user, key, IV) triple; False if it was seen in the last 3 minutes."""
+        """Record the (user, key, IV) triple; False if it was seen within its lifetime, or cannot be recorded."""
+
+
+_GENERATIONS = 3
 
 
 class MemoryReplayFilter(ReplayFilter):
-    """In-process replay filter: two rotating generations of AuthIDs and an expiring session map.
+    """In-process replay filter: rotating generations of AuthIDs and an expiring session map.
 
-    Memory is bounded by the traffic of one window: entries older than the window are dropped on rotation,
-    and at most ``max_entries`` are held per generation (beyond that, new requests are refused: fail closed).
+    Generations rotate every ``window`` seconds and three are kept, so an AuthID is remembered for 2-3 windows
+    (240-360 s by default: at least the 240 s during which it can pass the clock check, see
+    :class:`ReplayFilter`). Sessions (user, request key, IV) are remembered ``session_ttl`` seconds (240 by default,
+    for the same reason; v2fly keeps them 3 minutes, which leaves a gap for clients whose clocks run ahead).
+
+    Memory is bounded: at most ``max_entries`` AuthIDs per generation and ``max_entries`` sessions. When a limit is
+    reached, new requests are refused until entries expire (fail closed: a full filter never lets a replay in), and
+    a warning is logged once per window. Only requests that already passed authentication reach the filter, so
+    only holders of a user ID can fill it.
     """
 
-    def __init__(self, *, window: float = 120.0, session_ttl: float = 180.0, max_entries: int = 1_000_000) -> None:
+    def __init__(self, *, window: float = 120.0, session_ttl: float = 240.0, max_entries: int = 1_000_000) -> None:
+        if window <= 0 or session_ttl <= 0 or max_entries < 1:
+            raise ValueError("window and session_ttl must be positive and max_entries at least 1")
         self.window = window
         self.session_ttl = session_ttl
         self.max_entries = max_entries
         self._lock = threading.Lock()
-        self._current: set[bytes] = set()
-        self._previous: set[bytes] = set()
+        self._generations: List[set[bytes]] = [set() for _ in range(_GENERATIONS)]  # newest first
         self._rotated_at: Optional[float] = None
         self._sessions: Dict[bytes, float] = {}
         self._sessions_pruned_at = 0.0
+        self._full_logged_at: Optional[float] = None
 
     def check_auth_id(self, auth_id: bytes, now: float) -> bool:
         key = bytes(auth_id)
@@ -204,15 +227,17 @@ class MemoryReplayFilter(ReplayFilter):
             if self._rotated_at is None:
                 self._rotated_at = now
             elif now - self._rotated_at >= self.window:
-                # Two windows or more without traffic: forget everything; otherwise shift one generation.
-                self._previous = set() if now - self._rotated_at >= 2 * self.window else self._current
-                self._current = set()
+                # One new generation per window elapsed (all of them after a long quiet spell).
+                steps = min(int((now - self._rotated_at) // self.window), _GENERATIONS)
+                self._generations = [set() for _ in range(steps)] + self._generations[: _GENERATIONS - steps]
                 self._rotated_at = now
-            if key in self._current or key in self._previous:
+            generations = self._generations
+            if any(key in g for g in generations):
                 return False
-            if len(self._current) >= self.max_entries:
+            if len(generations[0]) >= self.max_entries:
+                self._warn_full("AuthIDs", now)
                 return False
-            self._current.add(key)
+            generations[0].add(key)
             return True
 
     def check_session(self, user_id: bytes, req_key: bytes, req_iv: bytes, now: float) -> bool:
@@ -225,12 +250,21 @@ class MemoryReplayFilter(ReplayFilter):
             if expires is not None and expires > now:
                 return False
             if len(self._sessions) >= self.max_entries:
+                self._warn_full("sessions", now)
                 return False
             self._sessions[key] = now + self.session_ttl
             return True
 
+    def _warn_full(self, what: str, now: float) -> None:
+        if self._full_logged_at is None or now - self._full_logged_at >= self.window:
+            self._full_logged_at = now
+            _log.warning(
+                "replay filter full (%d %s, max_entries=%d): refusing new requests until entries expire",
+                self.max_entries, what, self.max_entries,
+            )
+
     def __len__(self) -> int:
-        return len(self._current) + len(self._previous) + len(self._sessions)
+        return sum(len(g) for g in self._generations) + len(self._sessions)
 
 
 class ServerState(enum.Enum):
@@ -320,6 +354,11 @@ class ServerConnection:
         except (AuthenticationError, ProtocolError) as exc:
             self._start_drain()
             raise exc
+        except VmessError:
+            # An authenticated request for something we do not implement (Mux): nothing to hide, no drain, but
+            # never parse on from the middle of a consumed header.
+            self.state = ServerState.CLOSED
+            raise
         if header is None:
             return []
         rest = bytes(self._buf)
@@ -337,7 +376,9 @@ class ServerConnection:
 
     def _receive_body(self, data: bytes) -> List[Event]:
         if self._received_eof:
-            raise ConnectionStateError("data after end of stream")
+            # Bytes after the end marker are ignored, as Go peers do (they stop reading the request body), and as
+            # when they arrive in the same read as the marker. Not fed to the reader, so they are not kept either.
+            return []
         reader = self._reader
         assert reader is not None
         try:
