@@ -73,6 +73,7 @@ MiB = 1 << 20
 GiB = 1 << 30
 BLOCK = MiB  # the sender repeats one pseudo-random block of this size
 ACK = struct.Struct("!Q32s")  # the sink's answer: byte count, sha256
+TRANSPORTS = ("tcp", "tls", "ws", "ws+tls")
 CIPHERS = ("aes-128-gcm", "chacha20-poly1305", "none")
 PAIRS = ("ours", "v2ray", "ours-v2ray", "v2ray-ours", "direct")
 WORKLOADS = ("bulk", "down", "conn", "idle")
@@ -542,6 +543,12 @@ class Config:
     pair: str
     cipher: str
     loop: str  # "uvloop" / "asyncio" for pairs with our processes, "-" otherwise
+    transport: str = "tcp"  # tcp, tls, ws or ws+tls between client and server
+
+    @property
+    def label(self) -> str:
+        """The cipher column: the cipher, plus the transport when it is not plain TCP."""
+        return self.cipher if self.transport == "tcp" else f"{self.cipher} {self.transport}"
 
     @property
     def client_kind(self) -> str:
@@ -566,7 +573,22 @@ class Config:
 
     @property
     def slug(self) -> str:
-        return f"{self.pair}-{self.cipher}-{self.loop}".replace("/", "_")
+        return f"{self.pair}-{self.cipher}-{self.transport}-{self.loop}".replace("/", "_").replace("+", "_")
+
+
+WS_PATH = "/bench"
+_CERT: List[Any] = []
+
+
+def _bench_cert() -> Any:
+    """One self-signed certificate (localhost, 127.0.0.1) for the TLS paths of this run."""
+    if not _CERT:
+        import tempfile
+
+        from tests.tls_certs import make_cert
+
+        _CERT.append(make_cert(tempfile.mkdtemp(prefix="vmess-bench-cert-")))
+    return _CERT[0]
 
 
 @contextlib.contextmanager
@@ -575,7 +597,7 @@ def start_path(cfg: Config, opts: argparse.Namespace) -> Iterator[Tuple[int, Lis
     if cfg.pair == "direct":
         yield 0, []
         return
-    from tests.interop.v2ray import client_config, server_config
+    from tests.interop.v2ray import client_config, server_config, stream_settings
 
     user = str(uuid.uuid4())
     procs: List[Proxy] = []
@@ -583,20 +605,43 @@ def start_path(cfg: Config, opts: argparse.Namespace) -> Iterator[Tuple[int, Lis
         def prof(role: str) -> Optional[str]:
             return os.path.join(opts.cprofile, f"{cfg.slug}-{role}.pstats") if opts.cprofile else None
 
+        tls = "tls" in cfg.transport
+        ws = cfg.transport.startswith("ws")
+        cert = _bench_cert() if tls else None
         if cfg.server_kind == "ours":
-            server = Proxy.ours("server", ["--listen", f"{LOOPBACK}:0", "--user", user, "--grace", "1"],
+            extra_args = (["--cert", cert.cert, "--key", cert.key] if cert else []) + (["--ws-path", WS_PATH] if ws else [])
+            server = Proxy.ours("server", ["--listen", f"{LOOPBACK}:0", "--user", user, "--grace", "1", *extra_args],
                                 loop=cfg.loop, backend=opts.backend, cprofile=prof("server"), label="ours-server",
                                 optimize=opts.optimize)
         else:
-            server = Proxy.v2ray("server", server_config(free_port(), [(user, 0)]), "v2ray-server")
+            streams = None
+            if cfg.transport != "tcp":
+                streams = stream_settings(
+                    "ws" if ws else "tcp",
+                    tls={"certificates": [{"certificateFile": cert.cert, "keyFile": cert.key}]} if cert else None,
+                    ws_path=WS_PATH if ws else None,
+                )
+            server = Proxy.v2ray("server", server_config(free_port(), [(user, 0)], stream_settings=streams),
+                                 "v2ray-server")
         procs.append(server)
         if cfg.client_kind == "ours":
             link = f"vmess://{user}@{LOOPBACK}:{server.port}?encryption={cfg.cipher}"
+            if ws:
+                link += f"&type=ws&path={WS_PATH.replace('/', '%2F')}"
+            if tls:
+                link += "&security=tls&sni=localhost&allowInsecure=1"
             client = Proxy.ours("client", [link, "--listen", f"{LOOPBACK}:0"], loop=cfg.loop, backend=opts.backend,
                                 cprofile=prof("client"), label="ours-client", optimize=opts.optimize)
         else:
-            client = Proxy.v2ray("client", client_config(free_port(), server.port, user, security=cfg.cipher),
-                                 "v2ray-client")
+            streams = None
+            if cfg.transport != "tcp":
+                streams = stream_settings(
+                    "ws" if ws else "tcp",
+                    tls={"serverName": "localhost", "allowInsecure": True} if tls else None,
+                    ws_path=WS_PATH if ws else None,
+                )
+            client = Proxy.v2ray("client", client_config(free_port(), server.port, user, security=cfg.cipher,
+                                                         stream_settings=streams), "v2ray-client")
         procs.insert(0, client)
         yield client.port, procs
     finally:
@@ -819,11 +864,11 @@ def _ratio(a: Optional[float], b: Optional[float]) -> str:
 
 
 def print_tables(results: List[Result], opts: argparse.Namespace) -> None:
-    by_key = {(r.workload, r.cfg.pair, r.cfg.cipher, r.cfg.loop): r for r in results}
+    by_key = {(r.workload, r.cfg.pair, r.cfg.label, r.cfg.loop): r for r in results}
 
-    def ref(workload: str, pair: str, cipher: str, key: str) -> Optional[float]:
+    def ref(workload: str, pair: str, label: str, key: str) -> Optional[float]:
         for (w, p, c, _), r in by_key.items():
-            if w == workload and p == pair and (c == cipher or pair == "direct"):
+            if w == workload and p == pair and (c == label or pair == "direct"):
                 return r.median(key)
         return None
 
@@ -842,10 +887,10 @@ def print_tables(results: List[Result], opts: argparse.Namespace) -> None:
               f"{'vs v2ray':>9} {'vs direct':>10}")
         for r in rows:
             mb = r.median("mb_s")
-            cipher = "-" if r.cfg.pair == "direct" else r.cfg.cipher
+            cipher = "-" if r.cfg.pair == "direct" else r.cfg.label
             line = (f"{cipher:<18} {r.cfg.name:<22} {_f(mb, '8.1f')} {_f(r.median('client_cpu_per_gib'), '13.2f')} "
                     f"{_f(r.median('server_cpu_per_gib'), '13.2f')} "
-                    f"{_ratio(mb, ref(workload, 'v2ray', r.cfg.cipher, 'mb_s')) if r.cfg.pair != 'direct' else '-':>9} "
+                    f"{_ratio(mb, ref(workload, 'v2ray', r.cfg.label, 'mb_s')) if r.cfg.pair != 'direct' else '-':>9} "
                     f"{_ratio(mb, ref(workload, 'direct', '', 'mb_s')):>10}")
             print(line + (f"  FAILED: {r.error.splitlines()[0]}" if r.error else ""))
     conn = [r for r in results if r.workload == "conn"]
@@ -856,10 +901,10 @@ def print_tables(results: List[Result], opts: argparse.Namespace) -> None:
               f"{'vs v2ray':>9} {'vs direct':>10}")
         for r in conn:
             cs = r.median("conn_s")
-            cipher = "-" if r.cfg.pair == "direct" else r.cfg.cipher
+            cipher = "-" if r.cfg.pair == "direct" else r.cfg.label
             line = (f"{cipher:<18} {r.cfg.name:<22} {_f(cs, '8.0f')} {_f(r.median('client_us_per_conn'), '15.0f')} "
                     f"{_f(r.median('server_us_per_conn'), '15.0f')} "
-                    f"{_ratio(cs, ref('conn', 'v2ray', r.cfg.cipher, 'conn_s')) if r.cfg.pair != 'direct' else '-':>9} "
+                    f"{_ratio(cs, ref('conn', 'v2ray', r.cfg.label, 'conn_s')) if r.cfg.pair != 'direct' else '-':>9} "
                     f"{_ratio(cs, ref('conn', 'direct', '', 'conn_s')):>10}")
             stray = sum(run.get("failures", 0) for run in r.runs)
             if stray and not r.error:
@@ -871,7 +916,7 @@ def print_tables(results: List[Result], opts: argparse.Namespace) -> None:
               f"RSS growth of each process per session")
         print(f"{'cipher':<18} {'client/server':<22} {'client KiB/session':>19} {'server KiB/session':>19}")
         for r in idle:
-            print(f"{r.cfg.cipher:<18} {r.cfg.name:<22} {_f(r.median('client_kib_per_session'), '19.2f')} "
+            print(f"{r.cfg.label:<18} {r.cfg.name:<22} {_f(r.median('client_kib_per_session'), '19.2f')} "
                   f"{_f(r.median('server_kib_per_session'), '19.2f')}"
                   + "".join(f"  ({run['failures']} failed: {run['error']})" for run in r.runs if run.get("failures"))
                   + (f"  FAILED: {r.error.splitlines()[0]}" if r.error else ""))
@@ -885,7 +930,7 @@ def print_targets(results: List[Result]) -> None:
     """Issue 7's targets for ours/ours, as ratios to v2ray/v2ray in this run."""
     def med(workload: str, pair: str, cipher: str, loop: str, key: str) -> Optional[float]:
         for r in results:
-            if (r.workload, r.cfg.pair, r.cfg.cipher) == (workload, pair, cipher) and r.cfg.loop in (loop, "-"):
+            if (r.workload, r.cfg.pair, r.cfg.label) == (workload, pair, cipher) and r.cfg.loop in (loop, "-"):
                 return r.median(key)
         return None
 
@@ -1057,6 +1102,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=3, help="runs per measurement, the median is reported (default 3)")
     p.add_argument("--conns", type=int, default=400, help="sequential connections per conn run (default 400)")
     p.add_argument("--idle", type=int, default=1000, help="sessions held open by the idle workload (default 1000)")
+    p.add_argument("--transports", default="tcp",
+                   help="comma list of tcp,tls,ws,ws+tls between client and server (default tcp)")
     p.add_argument("--ciphers", default=",".join(CIPHERS), help=f"comma list (default {','.join(CIPHERS)})")
     p.add_argument("--pairs", default=",".join(PAIRS), help=f"comma list of {','.join(PAIRS)} (default all)")
     p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma list of bulk,down,conn,idle (default all)")
@@ -1074,7 +1121,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    "print syscalls per connection / per MiB")
     opts = p.parse_args(argv)
     opts.size_bytes = int(opts.size * MiB)
-    for name, valid in (("ciphers", CIPHERS), ("pairs", PAIRS), ("workloads", WORKLOADS)):
+    for name, valid in (("ciphers", CIPHERS), ("pairs", PAIRS), ("workloads", WORKLOADS), ("transports", TRANSPORTS)):
         items = [x.strip() for x in getattr(opts, name).split(",") if x.strip()]
         bad = [x for x in items if x not in valid]
         if bad or not items:
@@ -1102,15 +1149,16 @@ def build_configs(opts: argparse.Namespace, have_v2ray: bool, have_uvloop: bool)
         notes.append("v2ray not found: the v2ray and mixed pairs are skipped")
         pairs = [p for p in pairs if "v2ray" not in p]
     configs: List[Config] = []
-    for cipher in opts.ciphers:
-        for pair in pairs:
-            if pair == "direct":
-                continue
-            if pair == "v2ray":
-                configs.append(Config(pair, cipher, "-"))
-                continue
-            for loop in loops:
-                configs.append(Config(pair, cipher, loop))
+    for transport in opts.transports:
+        for cipher in opts.ciphers:
+            for pair in pairs:
+                if pair == "direct":
+                    continue
+                if pair == "v2ray":
+                    configs.append(Config(pair, cipher, "-", transport))
+                    continue
+                for loop in loops:
+                    configs.append(Config(pair, cipher, loop, transport))
     if "direct" in pairs:
         configs.append(Config("direct", "-", "-"))
     return configs, notes
@@ -1185,7 +1233,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         key, unit, fmt = "server_kib_per_session", "KiB/idle session (server)", ".1f"
                     got = r.runs[-1].get(key) if len(r.runs) > before else None
                     vals.append(f"{workload} {_f(got, fmt)} {unit}" + (" FAILED" if r.error else ""))
-                cipher = "" if cfg.pair == "direct" else cfg.cipher
+                cipher = "" if cfg.pair == "direct" else cfg.label
                 print(f"  {cipher:<18} {cfg.name:<22} " + ", ".join(vals), flush=True)
     order = {cfg.slug: i for i, cfg in enumerate(configs)}
     result_list = sorted(results.values(), key=lambda r: (order[r.cfg.slug], opts.workloads.index(r.workload)))
