@@ -47,3 +47,17 @@ def test_bench_seed_quick() -> None:
     for heading in ("Proxy creation", "Data processing", "Config parsing", "Memory allocation", "Concurrency",
                     "Encryption", "aes-128-cfb", "chacha20-poly1305"):
         assert heading in text, text
+
+
+def test_bench_e2e_ws_tls_tiny() -> None:
+    pairs = "ours" + (",v2ray" if v2ray_available() else "")
+    proc = _run(
+        [str(BENCH / "bench_e2e.py"), "--size", "1", "--repeat", "1", "--ciphers", "aes-128-gcm", "--pairs", pairs,
+         "--workloads", "bulk", "--transports", "ws+tls", "--loop", "asyncio"],
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "aes-128-gcm ws+tls ours[aio]/ours[aio]" in proc.stdout, proc.stdout
+    if v2ray_available():
+        assert "aes-128-gcm ws+tls v2ray/v2ray" in proc.stdout, proc.stdout
+    assert "FAILED" not in proc.stdout, proc.stdout
