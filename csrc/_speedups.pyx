@@ -836,10 +836,11 @@ def open_aead_response(resp_key, resp_iv, enc_header):
 # ============================================================================================ body chunks
 
 
-cdef object _payload_aead(int security, object key):
+cdef bytes _aead_key_material(int security, object key):
+    """What the AEAD constructor of ``security`` takes for a 16-byte VMess key (ChaCha's key is derived)."""
     if security == C_SEC_GCM:
-        return AESGCM(bytes(key))
-    return ChaCha20Poly1305(chacha_key(key))
+        return bytes(key)
+    return chacha_key(key)
 
 
 cdef int _check_body_args(object security, object options, object key, object iv, object req_key,
@@ -866,15 +867,17 @@ cdef class _Body:
     cdef bint chunked, packet, aead, opt_a, opt_m, opt_p, has_shake
     cdef object cfb                      # a cryptography CipherContext or None
     cdef object _cfb_update_into
-    cdef object _aead_obj, _len_aead_obj
+    cdef object _aead_obj, _len_aead_obj # None while released (see release()); made again at the next use
+    cdef bytes _aead_key, _len_aead_key  # their key material, kept so that the contexts can be made again
     cdef vm_shake128 shake
     cdef uint8_t nonce[12]
     cdef uint8_t len_nonce[12]
     cdef uint16_t counter, len_counter
-    cdef object nonce_mv, len_nonce_mv   # read-only memoryviews over nonce / len_nonce (live as long as self)
     cdef uint8_t lenplain[2]
-    cdef object lenplain_rmv, lenplain_wmv
-    cdef _Buf _vin, _vout                # reusable read / write views handed to the cipher calls
+    # Reusable buffer exporters handed to the cipher calls: _vn for a nonce, _vin for input, _vout for output.
+    # (Three small _Buf objects instead of a memoryview per field: a memoryview costs ~250 bytes with its
+    # managed buffer, and every open connection has a reader and a writer.)
+    cdef _Buf _vn, _vin, _vout
 
     cdef int _setup(self, object security, object options, object key, object iv, object req_key,
                     object req_iv, object packet, object cfb, bint encrypt) except -1:
@@ -897,10 +900,7 @@ cdef class _Body:
         self.len_nonce[1] = 0
         self.counter = 0
         self.len_counter = 0
-        self.nonce_mv = _rview(self.nonce, 12)
-        self.len_nonce_mv = _rview(self.len_nonce, 12)
-        self.lenplain_rmv = _rview(self.lenplain, 2)
-        self.lenplain_wmv = _wview(self.lenplain, 2)
+        self._vn = _new_buf(True)
         self._vin = _new_buf(True)
         self._vout = _new_buf(False)
         self.cfb = cfb
@@ -908,9 +908,9 @@ cdef class _Body:
         if self.security == C_SEC_GCM or self.security == C_SEC_CHACHA:
             self.overhead = 16
             self.aead = True
-            self._aead_obj = _payload_aead(self.security, key)
+            self._aead_key = _aead_key_material(self.security, key)
             if self.opt_a:
-                self._len_aead_obj = _payload_aead(self.security, _kdf1_bytes(&_K_AUTH_LEN, req_key, 16))
+                self._len_aead_key = _aead_key_material(self.security, _kdf1_bytes(&_K_AUTH_LEN, req_key, 16))
         elif self.security == C_SEC_LEGACY:
             self.overhead = 4 if self.chunked else 0
             if self.cfb is None:
@@ -923,6 +923,22 @@ cdef class _Body:
         if self.has_shake:
             vm_shake128_init(&self.shake, <const uint8_t *>PyBytes_AS_STRING(ivb), 16)
         return 0
+
+    cdef int _open_ciphers(self) except -1:
+        """Make the AEAD objects (each holds OpenSSL contexts, ~2 KiB) from the kept key material."""
+        if self.security == C_SEC_GCM:
+            self._aead_obj = AESGCM(self._aead_key)
+            if self.opt_a:
+                self._len_aead_obj = AESGCM(self._len_aead_key)
+        else:
+            self._aead_obj = ChaCha20Poly1305(self._aead_key)
+            if self.opt_a:
+                self._len_aead_obj = ChaCha20Poly1305(self._len_aead_key)
+        return 0
+
+    cdef void _release_ciphers(self) noexcept:
+        self._aead_obj = None
+        self._len_aead_obj = None
 
     cdef inline void next_nonce(self) noexcept:
         _be16(self.nonce, self.counter)
@@ -971,14 +987,27 @@ cdef class ChunkWriter(_Body):
         self._max_payload = <Py_ssize_t>chunk_size - self._head - self.overhead - self._padmax
         self._ended = False
         if self.aead:
-            self._enc_into = self._aead_obj.encrypt_into
-            if self.opt_a:
-                self._len_enc_into = self._len_aead_obj.encrypt_into
+            self._open_ciphers()
         self._via_cfb = self.cfb is not None and self.chunked
         if self._via_cfb and self._scratch == NULL:
             self._scratch = <uint8_t *>malloc(C_MAX_WRITE_CHUNK + 128)
             if self._scratch == NULL:
                 raise MemoryError()
+
+    cdef int _open_ciphers(self) except -1:
+        _Body._open_ciphers(self)
+        self._enc_into = self._aead_obj.encrypt_into
+        if self.opt_a:
+            self._len_enc_into = self._len_aead_obj.encrypt_into
+        return 0
+
+    def release(self):
+        """Free the cipher contexts until the next write (a hint for idle connections; the stream goes on as if
+        nothing happened). An AEAD context costs about 2 KiB; the next write makes it again (about 1 us)."""
+        if self.aead:
+            self._release_ciphers()
+            self._enc_into = None
+            self._len_enc_into = None
 
     @property
     def max_payload(self):
@@ -1014,7 +1043,8 @@ cdef class ChunkWriter(_Body):
         if self.opt_a:
             _be16(self.lenplain, <uint32_t>(n + pad))
             self.next_len_nonce()
-            self._len_enc_into(self.len_nonce_mv, self.lenplain_rmv, None, _at(self._vout, f, 18))
+            self._len_enc_into(_at(self._vn, self.len_nonce, 12), _at(self._vin, self.lenplain, 2), None,
+                               _at(self._vout, f, 18))
             h = 18
         else:
             size = <uint32_t>(n + self.overhead + pad)
@@ -1024,7 +1054,7 @@ cdef class ChunkWriter(_Body):
             h = 2
         if self.aead:
             self.next_nonce()
-            self._enc_into(self.nonce_mv, _at(self._vin, p, n), None, _at(self._vout, f + h, n + 16))
+            self._enc_into(_at(self._vn, self.nonce, 12), _at(self._vin, p, n), None, _at(self._vout, f + h, n + 16))
         elif self.security == C_SEC_LEGACY:
             _be32(f + h, _fnv(p, n))
             memcpy(f + h + 4, p, n)
@@ -1050,6 +1080,8 @@ cdef class ChunkWriter(_Body):
     cdef Py_ssize_t _write(self, const uint8_t *p, Py_ssize_t n, uint8_t *dst) except -1:
         """Frame p[0:n] into dst (room for _max_output(n)); returns the bytes written. Caller checked _ended."""
         cdef Py_ssize_t total = 0, step, mp = self._max_payload
+        if self.aead and self._enc_into is None:
+            self._open_ciphers()
         if not self.chunked:
             if self.cfb is not None:
                 if n:
@@ -1136,6 +1168,8 @@ cdef class ChunkWriter(_Body):
         if self._ended or not self.chunked:
             self._ended = True
             return b""
+        if self.aead and self._enc_into is None:
+            self._open_ciphers()
         self._ended = True
         n = self._frame(_EMPTY, 0, buf)
         return PyBytes_FromStringAndSize(<char *>buf, n)
@@ -1180,10 +1214,24 @@ cdef class ChunkReader(_Body):
         self._unused = b""
         self._hlen = 18 if self.opt_a else 2
         if self.aead:
-            self._dec_into = self._aead_obj.decrypt_into
-            self._dec = self._aead_obj.decrypt
-            if self.opt_a:
-                self._len_dec_into = self._len_aead_obj.decrypt_into
+            self._open_ciphers()
+
+    cdef int _open_ciphers(self) except -1:
+        _Body._open_ciphers(self)
+        self._dec_into = self._aead_obj.decrypt_into
+        self._dec = self._aead_obj.decrypt
+        if self.opt_a:
+            self._len_dec_into = self._len_aead_obj.decrypt_into
+        return 0
+
+    def release(self):
+        """Free the cipher contexts until the next feed (a hint for idle connections; the stream goes on as if
+        nothing happened). An AEAD context costs about 2 KiB; the next feed makes it again (about 1 us)."""
+        if self.aead:
+            self._release_ciphers()
+            self._dec_into = None
+            self._dec = None
+            self._len_dec_into = None
 
     @property
     def ended(self):
@@ -1227,7 +1275,8 @@ cdef class ChunkReader(_Body):
         if self.opt_a:
             self.next_len_nonce()
             try:
-                self._len_dec_into(self.len_nonce_mv, _at(self._vin, hp, 18), None, self.lenplain_wmv)
+                self._len_dec_into(_at(self._vn, self.len_nonce, 12), _at(self._vin, hp, 18), None,
+                                   _at(self._vout, self.lenplain, 2))
             except InvalidTag:
                 raise IntegrityError("chunk length failed authentication") from None
             size = ((<Py_ssize_t>self.lenplain[0] << 8) | self.lenplain[1]) + self.overhead
@@ -1250,9 +1299,9 @@ cdef class ChunkReader(_Body):
             self.next_nonce()
             try:
                 if plen == 0:
-                    return self._dec(self.nonce_mv, _at(self._vin, bp, blen), None)
+                    return self._dec(_at(self._vn, self.nonce, 12), _at(self._vin, bp, blen), None)
                 res = PyBytes_FromStringAndSize(NULL, plen)
-                self._dec_into(self.nonce_mv, _at(self._vin, bp, blen), None,
+                self._dec_into(_at(self._vn, self.nonce, 12), _at(self._vin, bp, blen), None,
                                _at(self._vout, <uint8_t *>PyBytes_AS_STRING(res), plen))
                 return res
             except InvalidTag:
@@ -1274,6 +1323,8 @@ cdef class ChunkReader(_Body):
         if self._ended:
             self._unused += bytes(data)
             return []
+        if self.aead and self._dec_into is None:
+            self._open_ciphers()
         _getbuf(data, &v)
         try:
             n = v.len

@@ -548,6 +548,10 @@ class ChunkWriter:
         self._max_payload = chunk_size - head - self._s.overhead - pad
         self._ended = False
 
+    def release(self) -> None:
+        """A hint that the connection is idle: the compiled core frees its cipher contexts until the next write;
+        this twin keeps them (nothing to do)."""
+
     @property
     def max_payload(self) -> int:
         """Largest payload carried by one chunk (and so the largest datagram in packet mode)."""
@@ -663,6 +667,10 @@ class ChunkReader:
         self._pad = 0
         self._ended = False
         self._unused = b""
+
+    def release(self) -> None:
+        """A hint that the connection is idle: the compiled core frees its cipher contexts until the next feed;
+        this twin keeps them (nothing to do)."""
 
     @property
     def ended(self) -> bool:

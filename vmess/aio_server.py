@@ -6,10 +6,16 @@ Each inbound connection is an :class:`asyncio.BufferedProtocol` that drives a sa
 * handshake: the request header must be complete within ``handshake_timeout``; an authentication or header failure
   is logged once, then the connection is drained (``conn.drain_remaining`` bytes are read and discarded, bounded by
   the same handshake deadline, nothing is sent) and closed, as v2fly/Xray do (spec 3.5);
-* relay: decoded client bytes go to the destination, destination bytes are framed back with ``conn.send()``.
-  Each direction has bounded buffers: when one transport's write buffer passes its high-water mark, reading from
-  the other side pauses until it drains (``pause_writing``/``resume_writing``). Half-close is propagated both ways;
-  ``idle_timeout`` seconds without a byte either way ends the session.
+* relay: decoded client bytes go to the destination, destination bytes are framed back with ``conn.send()``;
+  everything decoded from one read leaves in one write. Each direction has bounded buffers: when one transport's
+  write buffer passes its high-water mark, reading from the other side pauses until it drains
+  (``pause_writing``/``resume_writing``). Half-close is propagated both ways; ``idle_timeout`` seconds without a
+  byte either way ends the session (checked by one sweep over all sessions, every quarter of the timeout and at
+  least every 5 s: see :mod:`vmess._sweep`).
+
+Memory per idle session is kept small: the read buffers are shared by all sessions (see ``READ_BUFFER_SIZE``), there
+is no timer per session once the request is in, and a session quiet for a moment frees its cipher contexts
+(``ServerConnection.release``) until its next byte.
 
 Where sessions go is an :class:`Outbound`; :class:`DirectOutbound` (the default) connects to the requested
 destination itself and can refuse private, loopback, link-local, multicast and unspecified addresses.
@@ -33,6 +39,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, List, Optional, Set, Tuple, Union, cast
 
+from ._sweep import Sweeper
+from ._timeouts import timed
 from .constants import Command
 from .errors import (
     AuthenticationError,
@@ -62,7 +70,13 @@ UserSpec = Union[UserTable, Iterable[Union[uuid.UUID, str, Tuple[Any, int], Tupl
 """A :class:`UserTable`, or UUIDs / strings / ``(uuid, alter_id)`` / ``(uuid, alter_id, name)`` items."""
 
 READ_BUFFER_SIZE = 1 << 16
-"""Bytes read per receive call on each side of a session (one preallocated buffer per side)."""
+"""Bytes read per receive call on each side of a session.
+
+The read buffers are shared: one per server for client reads and one for destination reads. Everything read is
+consumed inside ``buffer_updated`` (``ServerConnection.receive_data`` copies what it keeps, ``conn.send`` frames
+into new bytes, ``transport.write`` copies what it cannot send at once), so no session keeps a view of them and
+an idle session holds no read buffer at all.
+"""
 
 WRITE_HIGH_WATER = 1 << 16
 """Write-buffer high-water mark on both sides: above it, reading from the other side pauses."""
@@ -128,6 +142,18 @@ class Outbound(ABC):
         """Open a datagram endpoint to ``request.host:request.port`` driving ``protocol``."""
 
 
+def _literal_addrinfo(host: str, port: int) -> Optional[List[Tuple[Any, ...]]]:
+    """getaddrinfo's answer for an IPv4/IPv6 literal (without a zone index), or None for anything else."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except (OSError, ValueError):
+            continue
+        sockaddr: Tuple[Any, ...] = (host, port) if family == socket.AF_INET else (host, port, 0, 0)
+        return [(family, 0, 0, "", sockaddr)]
+    return None
+
+
 class DirectOutbound(Outbound):
     """Connects to the requested destination from this host; names are resolved by the event loop.
 
@@ -140,8 +166,9 @@ class DirectOutbound(Outbound):
         self.connect_timeout = connect_timeout
 
     async def _resolve(self, host: str, port: int, socktype: int) -> List[Tuple[int, Tuple[Any, ...]]]:
-        loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(host, port, type=socktype)
+        infos: Optional[List[Tuple[Any, ...]]] = _literal_addrinfo(host, port)  # no resolver round trip for a literal
+        if infos is None:
+            infos = list(await asyncio.get_running_loop().getaddrinfo(host, port, type=socktype))
         addrs: List[Tuple[int, Tuple[Any, ...]]] = []
         refused: Optional[str] = None
         for family, _type, _proto, _name, sockaddr in infos:
@@ -173,13 +200,11 @@ class DirectOutbound(Outbound):
         raise last
 
     async def open_tcp(self, request: RequestReceived, protocol: asyncio.BaseProtocol) -> asyncio.BaseTransport:
-        return await asyncio.wait_for(self._open_tcp(request, protocol), self.connect_timeout)
+        return await timed(self._open_tcp(request, protocol), self.connect_timeout)
 
     async def open_udp(self, request: RequestReceived, protocol: asyncio.DatagramProtocol) -> asyncio.BaseTransport:
         loop = asyncio.get_running_loop()
-        addrs = await asyncio.wait_for(
-            self._resolve(request.host, request.port, socket.SOCK_DGRAM), self.connect_timeout
-        )
+        addrs = await timed(self._resolve(request.host, request.port, socket.SOCK_DGRAM), self.connect_timeout)
         family, sockaddr = addrs[0]
         transport, _ = await loop.create_datagram_endpoint(
             lambda: protocol, remote_addr=(sockaddr[0], sockaddr[1]), family=family
@@ -244,12 +269,13 @@ class _Phase(enum.Enum):
 
 
 class _TcpUpstream(asyncio.BufferedProtocol):
-    """The destination side of a TCP session: reads into a preallocated buffer and hands bytes to the session."""
+    """The destination side of a TCP session: reads into the server's shared buffer, hands bytes to the session."""
+
+    __slots__ = ("session", "_view")
 
     def __init__(self, session: "_Session") -> None:
         self.session = session
-        self._buf = bytearray(READ_BUFFER_SIZE)
-        self._view = memoryview(self._buf)
+        self._view = session.server._upstream_view
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.session._upstream_made(transport)
@@ -258,7 +284,7 @@ class _TcpUpstream(asyncio.BufferedProtocol):
         return self._view
 
     def buffer_updated(self, nbytes: int) -> None:
-        # conn.send() frames into new bytes (both backends), so the buffer is reused without a copy.
+        # conn.send() frames into new bytes (both backends), so the shared buffer is reused without a copy.
         self.session._from_destination(cast(bytes, self._view[:nbytes]))
 
     def eof_received(self) -> bool:
@@ -277,6 +303,8 @@ class _TcpUpstream(asyncio.BufferedProtocol):
 
 class _UdpUpstream(asyncio.DatagramProtocol):
     """The destination side of a UDP session (command 2): one connected datagram socket."""
+
+    __slots__ = ("session",)
 
     def __init__(self, session: "_Session") -> None:
         self.session = session
@@ -304,6 +332,13 @@ class _UdpUpstream(asyncio.DatagramProtocol):
 class _Session(asyncio.BufferedProtocol):
     """One inbound connection: handshake (or drain), then the relay to the destination and back."""
 
+    __slots__ = (
+        "server", "loop", "id", "phase", "conn", "transport", "peer", "request", "upstream", "udp", "bytes_up",
+        "bytes_down", "started", "reason", "_received", "_last_activity", "_resting", "_timer", "_open_task",
+        "_pending", "_client_ended", "_dest_ended", "_eof_forwarded", "_client_write_closed", "_client_reading_paused",
+        "_upstream_full", "_client_full", "_admitted", "_client_lost", "_upstream_lost_seen", "_finished", "_gone",
+    )
+
     def __init__(self, server: "VmessServer") -> None:
         self.server = server
         self.loop = server._loop
@@ -323,8 +358,8 @@ class _Session(asyncio.BufferedProtocol):
         self.reason = ""
         self._received = 0  # raw bytes read from the client
         self._last_activity = self.started
-        self._view: Optional[memoryview] = None
-        self._timer: Optional[asyncio.TimerHandle] = None
+        self._resting = False  # told to rest by the server's sweeper (cipher contexts freed)
+        self._timer: Optional[asyncio.TimerHandle] = None  # handshake deadline, then the close deadline
         self._open_task: Optional[asyncio.Task[None]] = None
         self._pending: List[bytes] = []  # client data decoded while the destination was being opened
         self._client_ended = False  # the client ended its direction (end marker or clean EOF)
@@ -351,19 +386,16 @@ class _Session(asyncio.BufferedProtocol):
             transport.close()
             return
         self._admitted = True
-        self._view = memoryview(bytearray(READ_BUFFER_SIZE))
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         self._timer = self.loop.call_later(self.server.handshake_timeout, self._on_handshake_deadline)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        assert self._view is not None
-        return self._view
+        return self.server._client_view
 
     def buffer_updated(self, nbytes: int) -> None:
-        assert self._view is not None
-        # Only valid during this call. ServerConnection.receive_data copies what it keeps (both backends), so the
-        # read buffer is reused without a copy; its hints say bytes, hence the cast.
-        data = cast(bytes, self._view[:nbytes])
+        # The server's shared read buffer, valid only during this call. ServerConnection.receive_data copies what
+        # it keeps (both backends), so the buffer is reused without a copy; its hints say bytes, hence the cast.
+        data = cast(bytes, self.server._client_view[:nbytes])
         self._received += nbytes
         phase = self.phase
         if phase is _Phase.CLOSED:
@@ -378,7 +410,7 @@ class _Session(asyncio.BufferedProtocol):
         except VmessError as exc:
             self._client_error(exc)
             return
-        self._last_activity = self.loop.time()
+        self._touch()
         self._handle_events(events)
 
     def eof_received(self) -> bool:
@@ -462,22 +494,40 @@ class _Session(asyncio.BufferedProtocol):
         self._finish(kind, detail=message)
 
     def _handle_events(self, events: List[Event]) -> None:
+        # Everything decoded from one read leaves in one write (payloads are gathered, then written together).
+        payloads: List[bytes] = []
         for event in events:
-            if isinstance(event, DataReceived):
-                if self.phase is _Phase.RELAY:
-                    self._to_destination(event.data)
-                elif self.phase is _Phase.CONNECTING:
-                    self._pending.append(event.data)
-            elif isinstance(event, RequestReceived):
+            if type(event) is DataReceived:
+                payloads.append(event.data)
+                continue
+            if payloads:
+                self._deliver(payloads)
+                payloads = []
+            if isinstance(event, RequestReceived):
                 self._on_request(event)
             elif isinstance(event, StreamEnded):
                 self._client_ended = True
                 if self.phase is _Phase.RELAY:
                     self._forward_client_eof()
+            elif isinstance(event, DataReceived):
+                self._deliver([event.data])
+        if payloads:
+            self._deliver(payloads)
+
+    def _deliver(self, payloads: List[bytes]) -> None:
+        if self.phase is _Phase.RELAY:
+            if self.udp or len(payloads) == 1:
+                for data in payloads:
+                    self._to_destination(data)
+            else:
+                self._to_destination_many(payloads)
+        elif self.phase is _Phase.CONNECTING:
+            self._pending.extend(payloads)
 
     def _on_request(self, request: RequestReceived) -> None:
         if self._timer is not None:
             self._timer.cancel()
+            self._timer = None
         self.request = request
         self.udp = request.command == Command.UDP
         self.phase = _Phase.CONNECTING
@@ -489,7 +539,7 @@ class _Session(asyncio.BufferedProtocol):
             )
         self._update_client_reading()  # nothing more from the client until the destination is open
         self._last_activity = self.loop.time()
-        self._timer = self.loop.call_later(self.server.idle_timeout, self._check_idle)
+        self.server._sweeper.watch(self)  # idle timeout and rest, from now on
         self._open_task = self.loop.create_task(self._open_upstream(request))
 
     async def _open_upstream(self, request: RequestReceived) -> None:
@@ -539,8 +589,8 @@ class _Session(asyncio.BufferedProtocol):
             cast(asyncio.ReadTransport, transport).pause_reading()
         self.phase = _Phase.RELAY
         pending, self._pending = self._pending, []
-        for data in pending:
-            self._to_destination(data)
+        if pending:
+            self._deliver(pending)
         if self._client_ended:
             self._forward_client_eof()
         self._update_client_reading()
@@ -557,6 +607,22 @@ class _Session(asyncio.BufferedProtocol):
         else:
             upstream.write(data)  # type: ignore[attr-defined]
 
+    def _to_destination_many(self, payloads: List[bytes]) -> None:
+        """Several TCP payloads in one write (vectored where the transport has ``writelines``)."""
+        upstream = self.upstream
+        if upstream is None or upstream.is_closing():
+            return
+        n = 0
+        for data in payloads:
+            n += len(data)
+        self.bytes_up += n
+        self.server.stats.bytes_up += n
+        writelines = getattr(upstream, "writelines", None)
+        if writelines is not None:
+            writelines(payloads)
+        else:
+            upstream.write(b"".join(payloads))  # type: ignore[attr-defined]
+
     def _from_destination(self, data: bytes) -> None:
         transport = self.transport
         if self._finished or self._client_write_closed or transport is None or transport.is_closing():
@@ -569,7 +635,7 @@ class _Session(asyncio.BufferedProtocol):
         n = len(data)
         self.bytes_down += n
         self.server.stats.bytes_down += n
-        self._last_activity = self.loop.time()
+        self._touch()
         transport.write(wire)
 
     def _datagram_from_destination(self, data: bytes) -> None:
@@ -587,7 +653,7 @@ class _Session(asyncio.BufferedProtocol):
             return
         self.bytes_down += len(data)
         self.server.stats.bytes_down += len(data)
-        self._last_activity = self.loop.time()
+        self._touch()
         transport.write(wire)
 
     def _forward_client_eof(self) -> None:
@@ -668,16 +734,21 @@ class _Session(asyncio.BufferedProtocol):
             transport.resume_reading()
             self._client_reading_paused = False
 
-    def _check_idle(self) -> None:
-        self._timer = None
-        if self._finished:
-            return
-        idle = self.loop.time() - self._last_activity
-        timeout = self.server.idle_timeout
-        if idle >= timeout:
-            self._finish("idle_timeout", abort=True)
-        else:
-            self._timer = self.loop.call_later(timeout - idle, self._check_idle)
+    def _touch(self) -> None:
+        """Traffic: note the time, and wake a resting session (its ciphers were just made again)."""
+        self._last_activity = self.loop.time()
+        if self._resting:
+            self._resting = False
+            self.server._sweeper.woke(self)
+
+    def idle_expired(self) -> None:
+        """The sweeper's call: no byte either way for ``idle_timeout`` seconds."""
+        self._finish("idle_timeout", abort=True)
+
+    def rest(self) -> None:
+        """The sweeper's call: quiet for a moment; free the cipher contexts until the next byte."""
+        self._resting = True
+        self.conn.release()
 
     # -------------------------------------------------------------------------------- ending
 
@@ -701,6 +772,7 @@ class _Session(asyncio.BufferedProtocol):
         self._finished = True
         self.reason = reason
         self.phase = _Phase.CLOSED
+        self.server._sweeper.forget(self)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -711,12 +783,14 @@ class _Session(asyncio.BufferedProtocol):
             self.server.stats.ended[reason] += 1
             failed = reason in _FAILURE_KINDS
             if self.request is not None:
-                log.log(
-                    logging.WARNING if failed else logging.INFO,
-                    "session %d from %s user=%s %s up=%d down=%d duration=%.3fs end=%s%s",
-                    self.id, self.peer, self.request.user.tag, self._dest(), self.bytes_up, self.bytes_down,
-                    self.loop.time() - self.started, reason, f": {detail}" if detail else "",
-                )
+                level = logging.WARNING if failed else logging.INFO
+                if log.isEnabledFor(level):  # the arguments cost microseconds (the user's tag is a hash)
+                    log.log(
+                        level,
+                        "session %d from %s user=%s %s up=%d down=%d duration=%.3fs end=%s%s",
+                        self.id, self.peer, self.request.user.tag, self._dest(), self.bytes_up, self.bytes_down,
+                        self.loop.time() - self.started, reason, f": {detail}" if detail else "",
+                    )
             elif detail:
                 log.warning("session %d from %s: %s", self.id, self.peer, detail)
             else:
@@ -757,7 +831,6 @@ class _Session(asyncio.BufferedProtocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._view = None
         if self._admitted:
             self.server._session_gone(self)
 
@@ -813,7 +886,11 @@ class VmessServer:
         self._urandom = urandom
         self._chunk_size = chunk_size
         self._loop = asyncio.get_running_loop()
+        # Shared read buffers (see READ_BUFFER_SIZE): client reads and destination reads, one each per server.
+        self._client_view = memoryview(bytearray(READ_BUFFER_SIZE))
+        self._upstream_view = memoryview(bytearray(READ_BUFFER_SIZE))
         self._ids = itertools.count(1)
+        self._sweeper = Sweeper(self._loop, idle_timeout)
         self._sessions: Set[_Session] = set()
         self._server: Optional[asyncio.Server] = None
         self._closing = False

@@ -136,12 +136,16 @@ class _Outbox:
 
     __slots__ = ("_stream", "_items")
 
+    _EMPTY: Deque[bytes] = deque(maxlen=0)  # shared stand-in until the first push (a deque costs ~600 bytes)
+
     def __init__(self, stream: bool) -> None:
         self._stream = stream
-        self._items: Deque[bytes] = deque()
+        self._items: Deque[bytes] = _Outbox._EMPTY
 
     def push(self, data: bytes) -> None:
         if data:
+            if self._items is _Outbox._EMPTY:
+                self._items = deque()
             self._items.append(bytes(data))
 
     def peek(self) -> memoryview:

@@ -1,11 +1,15 @@
 """The local proxy inbound: one TCP port speaking SOCKS5 and HTTP proxy, every session carried over VMess.
 
 The first byte picks the protocol (0x05: SOCKS5, anything else: HTTP). Each SOCKS5 CONNECT, HTTP CONNECT or
-absolute-URI request becomes one VMess TCP connection (:func:`vmess.aio.open_connection`); a SOCKS5 UDP ASSOCIATE
-gets a UDP socket whose datagrams go to one VMess UDP session per destination (:func:`vmess.aio.open_udp`).
-The share link is parsed once at start, so a bad link or an unimplemented transport fails before anything listens.
-Log lines (logger ``vmess.inbound``) name the client, method, destination, byte counts and outcome, never the
-user ID or credentials.
+absolute-URI request becomes one VMess TCP connection; a SOCKS5 UDP ASSOCIATE gets a UDP socket whose datagrams go
+to one VMess UDP session per destination (:func:`vmess.aio.open_udp`). The share link is parsed once at start, so a
+bad link or an unimplemented transport fails before anything listens. Log lines (logger ``vmess.inbound``) name
+the client, method, destination, byte counts and outcome, never the user ID or credentials.
+
+Each local connection is one :class:`_Inbound` protocol. A short task runs its handshake (the SOCKS5 / HTTP parsers
+over the protocol's own buffer) and opens the VMess connection; then the session is relayed at protocol level
+(:class:`vmess.relay.LocalRelay`: no task, no StreamReader) and the task ends, so an idle session holds only its
+protocol objects, ciphers and sockets.
 """
 
 from __future__ import annotations
@@ -20,9 +24,12 @@ import socket
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, TypeVar
 
-from ..aio import ProxySpec, VmessDatagramStream, open_connection, open_udp, resolve_proxy
+from .._sweep import Sweeper
+from ..aio import ProxySpec, VmessDatagramStream, open_udp, resolve_proxy
 from ..config import VmessConfig
 from ..errors import ChunkTooLargeError, ConfigError, VmessError
+from ..relay import GRACEFUL_CLOSE, READ_SIZE, LocalRelay, VmessUpstream, open_upstream
+from ..relay import describe as _describe
 from . import http as httpc
 from . import socks5
 from .errors import HttpProxyError, Socks5Error
@@ -31,9 +38,8 @@ __all__ = ["LocalProxy", "ProxyStats", "start_local_proxy"]
 
 log = logging.getLogger("vmess.inbound")
 
-READ_SIZE = 256 * 1024
-"""Largest single read in the relay (and the local StreamReader's buffer limit)."""
-HANDSHAKE_READ = 64 * 1024
+HANDSHAKE_LIMIT = 64 * 1024
+"""Bytes a client may have buffered during its handshake; above that, reading from it pauses."""
 UDP_QUEUE = 256
 """Datagrams waiting for one VMess UDP session (while it connects or drains); more are dropped."""
 LINGER = 1.0
@@ -60,46 +66,6 @@ class _ClientGone(Exception):
     """The local client closed the connection during the handshake."""
 
 
-class _RelayError(Exception):
-    """A relay pump failed; ``side`` is "client" or "upstream"."""
-
-    def __init__(self, side: str, error: BaseException) -> None:
-        super().__init__(side, error)
-        self.side = side
-        self.error = error
-
-
-class _Session:
-    """What one local connection did, for its log line and the counters."""
-
-    __slots__ = ("client", "method", "target", "up", "down", "started", "outcome", "failed")
-
-    def __init__(self, client: str, started: float) -> None:
-        self.client = client
-        self.method = "-"
-        self.target = "-"
-        self.up = 0
-        self.down = 0
-        self.started = started
-        self.outcome = "ok"
-        self.failed = False
-
-    def fail(self, outcome: str) -> None:
-        """Record a failure (the first one wins)."""
-        if not self.failed:
-            self.failed = True
-            self.outcome = outcome
-
-
-class _Activity:
-    """The loop time of the last byte relayed in either direction (shared by both pumps)."""
-
-    __slots__ = ("last",)
-
-    def __init__(self, now: float) -> None:
-        self.last = now
-
-
 def _fmt_addr(addr: Any) -> str:
     """host:port of a socket address ([v6]:port), or '?'."""
     if not isinstance(addr, tuple) or len(addr) < 2:
@@ -111,12 +77,6 @@ def _fmt_addr(addr: Any) -> str:
 def _fmt_target(host: str, port: int) -> str:
     """host:port of a destination, IPv6 in brackets."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _describe(exc: BaseException) -> str:
-    """A short, secret-free description of an exception for a log line."""
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _socks_reply_for(exc: BaseException) -> int:
@@ -151,20 +111,220 @@ def _same_host(a: str, b: str) -> bool:
     return ia == ib
 
 
-def _write_eof(writer: Any) -> None:
-    """Half-close ``writer`` if it is still open; a peer that is already gone is not an error here."""
-    try:
-        if not writer.is_closing() and writer.can_write_eof():
-            writer.write_eof()
-    except (OSError, RuntimeError, VmessError):
-        pass
+def _set_result(fut: Optional["asyncio.Future[None]"]) -> None:
+    if fut is not None and not fut.done():
+        fut.set_result(None)
 
 
-def _abort(writer: Any) -> None:
-    """Drop a connection at once (no flushing)."""
-    transport = writer.transport
-    if transport is not None:
-        transport.abort()
+class _Inbound(LocalRelay):
+    """One local connection: its handshake (bytes gathered in ``buf`` for the task that parses them), then the
+    protocol-level relay. It also carries what the session did, for its log line and the counters."""
+
+    __slots__ = (
+        "proxy", "buf", "_eof", "_lost", "_discard", "_waiter", "_deadline_at", "_deadline_handle", "_full",
+        "_drain_waiter", "_ended", "_gone",
+        "client", "method", "target", "up", "down", "started", "outcome", "failed",
+    )
+
+    def __init__(self, proxy: "LocalProxy") -> None:
+        super().__init__(proxy._loop, proxy._local_view)
+        self.proxy = proxy
+        self.buf: bytearray = bytearray()
+        self._eof = False  # the client half-closed during the handshake
+        self._lost = False
+        self._discard = False  # drop what the client sends (a refused request, a UDP control connection)
+        self._waiter: Optional[asyncio.Future[None]] = None
+        self._deadline_at: Optional[float] = None  # one timer for the handshake's reads (not one per read)
+        self._deadline_handle: Optional[asyncio.TimerHandle] = None
+        self._full = False
+        self._drain_waiter: Optional[asyncio.Future[None]] = None
+        self._ended = False  # counted and logged
+        self._gone = True  # not (yet) among the proxy's live connections
+        self.client = "?"
+        self.method = "-"
+        self.target = "-"
+        self.up = 0
+        self.down = 0
+        self.started = 0.0
+        self.outcome = "ok"
+        self.failed = False
+
+    def fail(self, outcome: str) -> None:
+        """Record a failure (the first one wins)."""
+        if not self.failed:
+            self.failed = True
+            self.outcome = outcome
+
+    # --- asyncio callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        proxy = self.proxy
+        if proxy._closing:
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        self._gone = False
+        proxy._live.add(self)
+        stats = proxy.stats
+        stats.connections += 1
+        stats.active += 1
+        self.client = _fmt_addr(transport.get_extra_info("peername"))
+        self.started = self.loop.time()
+        task = self.loop.create_task(proxy._serve(self))
+        proxy._tasks.add(task)
+        task.add_done_callback(proxy._task_done)
+
+    # --- handshake phase (LocalRelay hooks)
+    def handshake_data(self, data: memoryview) -> None:
+        if self._discard:
+            return
+        self.buf += data
+        if len(self.buf) > HANDSHAKE_LIMIT and not self._local_paused:
+            self._local_paused = True
+            self.transport.pause_reading()
+        _set_result(self._waiter)
+
+    def handshake_eof(self) -> None:
+        self._eof = True
+        _set_result(self._waiter)
+
+    def handshake_lost(self, exc: Optional[Exception]) -> None:
+        self._lost = True
+        _set_result(self._waiter)
+        _set_result(self._drain_waiter)
+
+    def handshake_full(self, full: bool) -> None:
+        self._full = full
+        if not full:
+            _set_result(self._drain_waiter)
+
+    async def read_more(self, deadline: Optional[float]) -> None:
+        """Wait until more bytes are in ``buf`` (or the client half-closed): _ClientGone at EOF, TimeoutError at
+        ``deadline`` (a loop time; None waits for ever)."""
+        if self._eof or self._lost:
+            raise _ClientGone
+        if deadline is not None:
+            if self.loop.time() >= deadline:
+                raise asyncio.TimeoutError
+            if deadline != self._deadline_at:
+                self._cancel_deadline()
+                self._deadline_at = deadline
+                self._deadline_handle = self.loop.call_at(deadline, self._on_deadline)
+        else:
+            self._cancel_deadline()
+        if self._local_paused and len(self.buf) <= HANDSHAKE_LIMIT:
+            self._local_paused = False
+            self.transport.resume_reading()
+        waiter = self._waiter = self.loop.create_future()
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
+    def _on_deadline(self) -> None:
+        self._deadline_handle = None
+        self._deadline_at = None
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(asyncio.TimeoutError())
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline_handle is not None:
+            self._deadline_handle.cancel()
+            self._deadline_handle = None
+        self._deadline_at = None
+
+    def discard_input(self) -> None:
+        """From now on, drop whatever the client sends (and what it sent already)."""
+        self._discard = True
+        self.buf.clear()
+        if self._local_paused:
+            self._local_paused = False
+            self.transport.resume_reading()
+
+    def write(self, data: bytes) -> None:
+        """Send handshake bytes (a reply) to the client."""
+        if not self.transport.is_closing():
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        """Wait while the client's write buffer is above its high-water mark; ConnectionResetError once it is gone."""
+        if self._full and not self._lost:
+            waiter = self._drain_waiter = self.loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._drain_waiter = None
+        if self._lost or self.transport.is_closing():
+            raise ConnectionResetError("client connection lost")
+
+    def write_eof(self) -> None:
+        """Half-close toward the client if it is still open; a client already gone is not an error here."""
+        try:
+            if not self.transport.is_closing() and self.transport.can_write_eof():
+                self.transport.write_eof()
+        except (OSError, RuntimeError):
+            pass
+
+    def relay_now(self, upstream: VmessUpstream, reply: bytes, **kwargs: Any) -> None:
+        """Send ``reply`` and hand the session to the relay, with what the client sent past its request."""
+        self._cancel_deadline()
+        self.write(reply)
+        first = bytes(self.buf)
+        self.buf = bytearray()  # the relay reads into the shared buffer: keep nothing per session
+        self.start_relay(upstream, first, sweeper=self.proxy._sweeper, client_eof=self._eof, **kwargs)
+
+    def end_handshake(self, graceful: bool) -> None:
+        """A session that did not reach the relay: close (flushing what was written) or abort, then account."""
+        self._cancel_deadline()
+        transport = self.transport
+        if graceful:
+            if not transport.is_closing():
+                transport.close()
+                self._closer = self.loop.call_later(GRACEFUL_CLOSE, transport.abort)
+        else:
+            transport.abort()
+        self.account()
+
+    # --- relay phase (LocalRelay hooks)
+    def relay_count(self, up: bool, n: int) -> None:
+        stats = self.proxy.stats
+        if up:
+            self.up += n
+            stats.bytes_up += n
+        else:
+            self.down += n
+            stats.bytes_down += n
+
+    def relay_finished(self, graceful: bool, outcome: Optional[str], failure: Optional[str]) -> None:
+        if failure is not None:
+            self.fail(failure)
+        elif outcome is not None and not self.failed:
+            self.outcome = outcome
+        self.account()
+
+    def relay_gone(self) -> None:
+        if not self._gone:
+            self._gone = True
+            self.proxy._forget(self)
+
+    # --- the end
+    def account(self) -> None:
+        """Count and log the session, once."""
+        if self._ended:
+            return
+        self._ended = True
+        stats = self.proxy.stats
+        stats.active -= 1
+        if self.failed:
+            stats.failed += 1
+        now = self.loop.time()
+        if self.method == "-" and self.outcome == "client closed during handshake":
+            log.debug("%s closed without a request", self.client)
+            return
+        log.info(
+            "%s %s %s up=%d down=%d %.3fs %s",
+            self.client, self.method, self.target, self.up, self.down, now - self.started, self.outcome,
+        )
 
 
 class LocalProxy:
@@ -181,7 +341,10 @@ class LocalProxy:
         handshake_timeout: float,
         max_udp_sessions: int,
     ) -> None:
-        self._upstream = upstream
+        self._upstream: Any = upstream
+        self._server_addr: tuple[str, int] = upstream[0]
+        self._config: VmessConfig = upstream[1]
+        self._transport_settings: Any = upstream[2] if len(upstream) > 2 else None  # type: ignore[misc]
         self._auth = auth
         self._auth_bytes = (auth[0].encode("utf-8"), auth[1].encode("utf-8")) if auth else None
         self.connect_timeout = connect_timeout
@@ -190,8 +353,15 @@ class LocalProxy:
         self.handshake_timeout = handshake_timeout
         self.max_udp_sessions = max_udp_sessions
         self.stats = ProxyStats()
-        self._server: Optional[asyncio.Server] = None
+        self._server: Optional[asyncio.AbstractServer] = None
+        self._loop = asyncio.get_running_loop()
+        # Shared read buffers (see vmess.relay): local client reads, and VMess reads.
+        self._local_view = memoryview(bytearray(READ_SIZE))
+        self._vmess_view = memoryview(bytearray(READ_SIZE))
+        self._sweeper = Sweeper(self._loop, idle_timeout)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._live: set[_Inbound] = set()
+        self._all_gone: Optional[asyncio.Future[None]] = None
         self._closing = False
         self._address: tuple[str, int] = ("", 0)
 
@@ -199,14 +369,14 @@ class LocalProxy:
 
     async def _start(self, host: str, port: int) -> None:
         """Bind and start accepting (called by start_local_proxy)."""
-        self._server = await asyncio.start_server(self._accept, host, port, limit=READ_SIZE)
+        self._server = await self._loop.create_server(lambda: _Inbound(self), host, port)
         name = self._server.sockets[0].getsockname()
         self._address = (str(name[0]), int(name[1]))
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
         """The listening sockets."""
-        return tuple(self._server.sockets) if self._server is not None else ()
+        return tuple(self._server.sockets) if self._server is not None else ()  # type: ignore[attr-defined]
 
     @property
     def address(self) -> tuple[str, int]:
@@ -221,7 +391,7 @@ class LocalProxy:
     @property
     def upstream(self) -> tuple[str, int]:
         """The VMess server's (host, port)."""
-        return self._upstream[0]
+        return self._server_addr
 
     def close(self) -> None:
         """Stop listening and end every session (their VMess connections are closed too)."""
@@ -230,13 +400,20 @@ class LocalProxy:
             self._server.close()
         for task in list(self._tasks):
             task.cancel()
+        for inbound in list(self._live):
+            if inbound.relaying:
+                inbound.abort_relay("proxy shutting down")
 
     async def wait_closed(self) -> None:
         """Wait until the listener and every session have finished."""
         if self._server is not None:
             await self._server.wait_closed()
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        while self._tasks or self._live:
+            if self._tasks:
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            elif self._live:
+                self._all_gone = self._loop.create_future()
+                await self._all_gone
 
     async def serve_forever(self) -> None:
         """Serve until cancelled (the listener is already accepting)."""
@@ -259,160 +436,115 @@ class LocalProxy:
 
     # ------------------------------------------------------------------------------------------------ helpers
 
-    async def _open(self, host: str, port: int) -> tuple[asyncio.StreamReader, Any]:
+    def _task_done(self, task: "asyncio.Task[Any]") -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("local proxy session failed", exc_info=task.exception())
+
+    def _forget(self, inbound: _Inbound) -> None:
+        self._live.discard(inbound)
+        if not self._live:
+            _set_result(self._all_gone)
+
+    async def _open(self, host: str, port: int) -> VmessUpstream:
         """One VMess TCP connection to host:port through the configured server."""
-        return await open_connection(host, port, proxy=self._upstream, connect_timeout=self.connect_timeout)
+        return await open_upstream(
+            self._server_addr, self._config, self._transport_settings, host, port, self._vmess_view,
+            connect_timeout=self.connect_timeout,
+        )
 
     async def _read_message(
         self,
-        reader: asyncio.StreamReader,
-        buf: bytearray,
+        inb: _Inbound,
         parse: Callable[[bytearray], Optional[tuple[_T, int]]],
         deadline: float,
     ) -> _T:
-        """Read into ``buf`` until ``parse`` returns a message; consume its bytes and return it."""
-        loop = asyncio.get_running_loop()
+        """Wait until ``parse`` finds a message in the client's bytes; consume its bytes and return it."""
         while True:
-            result = parse(buf)
+            result = parse(inb.buf)
             if result is not None:
                 message, used = result
-                del buf[:used]
+                del inb.buf[:used]
                 return message
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise asyncio.TimeoutError
-            data = await asyncio.wait_for(reader.read(HANDSHAKE_READ), remaining)
-            if not data:
-                raise _ClientGone
-            buf += data
+            await inb.read_more(deadline)
 
-    def _count(self, session: _Session, up: bool, n: int) -> None:
+    def _count(self, session: _Inbound, up: bool, n: int) -> None:
         """Add relayed payload bytes to the session and the proxy totals."""
-        if up:
-            session.up += n
-            self.stats.bytes_up += n
-        else:
-            session.down += n
-            self.stats.bytes_down += n
+        session.relay_count(up, n)
 
     # ------------------------------------------------------------------------------------------------ accept
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Serve one local connection: detect the protocol, hand off, log one line."""
-        task = asyncio.current_task()
-        assert task is not None
-        if self._closing:
-            _abort(writer)
-            return
-        self._tasks.add(task)
-        loop = asyncio.get_running_loop()
-        stats = self.stats
-        stats.connections += 1
-        stats.active += 1
-        session = _Session(_fmt_addr(writer.get_extra_info("peername")), loop.time())
+    async def _serve(self, inb: _Inbound) -> None:
+        """Serve one local connection's handshake: detect the protocol, then hand off to the relay (or end)."""
         clean = False
         try:
-            deadline = loop.time() + self.handshake_timeout
-            buf = bytearray(await asyncio.wait_for(reader.read(HANDSHAKE_READ), self.handshake_timeout))
-            if not buf:
+            deadline = self._loop.time() + self.handshake_timeout
+            if not inb.buf:
+                await inb.read_more(deadline)
+            if not inb.buf:
                 raise _ClientGone
-            if buf[0] == socks5.VERSION:
-                session.method = "socks5"
-                clean = await self._serve_socks5(reader, writer, buf, session, deadline)
-            elif buf[0] == 0x04:
-                session.method = "socks4"
-                session.fail("SOCKS4 is not supported")
+            first = inb.buf[0]
+            if first == socks5.VERSION:
+                inb.method = "socks5"
+                clean = await self._serve_socks5(inb, deadline)
+            elif first == 0x04:
+                inb.method = "socks4"
+                inb.fail("SOCKS4 is not supported")
             else:
-                session.method = "http"
-                clean = await self._serve_http(reader, writer, buf, session, deadline)
+                inb.method = "http"
+                clean = await self._serve_http(inb, deadline)
         except _ClientGone:
-            session.fail("client closed during handshake")
+            inb.fail("client closed during handshake")
         except asyncio.TimeoutError:
-            session.fail("handshake timeout")
+            inb.fail("handshake timeout")
         except asyncio.CancelledError:
-            # Nobody awaits this task (asyncio.start_server owns it), and on 3.11 its done-callback calls
-            # task.exception(), which raises for a cancelled task: end normally instead.
-            if not session.failed:
-                session.outcome = "proxy shutting down"
+            # Ends normally (the proxy is closing): the session is accounted for below like any other.
+            if not inb.failed:
+                inb.outcome = "proxy shutting down"
         except (OSError, VmessError) as exc:
-            session.fail(_describe(exc))
+            inb.fail(_describe(exc))
         finally:
-            if clean:
-                await self._close_gracefully(writer)
-            else:
-                _abort(writer)
-            stats.active -= 1
-            if session.failed:
-                stats.failed += 1
-            self._tasks.discard(task)
-            self._log_session(session, loop.time())
-
-    def _log_session(self, session: _Session, now: float) -> None:
-        """The one INFO line per session (a connection that never sent a byte is only a DEBUG line)."""
-        if session.method == "-" and session.outcome == "client closed during handshake":
-            log.debug("%s closed without a request", session.client)
-            return
-        log.info(
-            "%s %s %s up=%d down=%d %.3fs %s",
-            session.client, session.method, session.target, session.up, session.down, now - session.started,
-            session.outcome,
-        )
-
-    async def _close_gracefully(self, writer: asyncio.StreamWriter) -> None:
-        """Flush and close; abort if the client does not take the last bytes within a few seconds."""
-        try:
-            writer.close()
-            await asyncio.wait_for(writer.wait_closed(), 5.0)
-        except asyncio.TimeoutError:
-            _abort(writer)
-        except OSError:
-            pass
+            if not inb.relaying:  # a relayed session ends (and is accounted for) on its own
+                inb.end_handshake(clean)
 
     # ------------------------------------------------------------------------------------------------ SOCKS5
 
-    async def _serve_socks5(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        buf: bytearray,
-        session: _Session,
-        deadline: float,
-    ) -> bool:
+    async def _serve_socks5(self, inb: _Inbound, deadline: float) -> bool:
         """RFC 1928 handshake, then CONNECT or UDP ASSOCIATE; returns whether the close may be graceful."""
         try:
-            greeting = await self._read_message(reader, buf, socks5.parse_greeting, deadline)
+            greeting = await self._read_message(inb, socks5.parse_greeting, deadline)
         except Socks5Error as exc:
-            session.fail(f"bad greeting: {exc}")
+            inb.fail(f"bad greeting: {exc}")
             return False
         method = socks5.select_method(greeting, auth_required=self._auth is not None)
-        writer.write(socks5.build_method_selection(method))
+        inb.write(socks5.build_method_selection(method))
         if method == socks5.Method.NO_ACCEPTABLE:
-            session.fail("no acceptable authentication method")
+            inb.fail("no acceptable authentication method")
             return True
         if method == socks5.Method.USERNAME_PASSWORD:
             try:
-                creds = await self._read_message(reader, buf, socks5.parse_auth_request, deadline)
+                creds = await self._read_message(inb, socks5.parse_auth_request, deadline)
             except Socks5Error as exc:
-                session.fail(f"bad authentication request: {exc}")
+                inb.fail(f"bad authentication request: {exc}")
                 return False
             ok = self._check_credentials(creds.username, creds.password)
-            writer.write(socks5.build_auth_reply(ok))
+            inb.write(socks5.build_auth_reply(ok))
             if not ok:
-                session.fail("authentication failed")
+                inb.fail("authentication failed")
                 return True
         try:
-            request = await self._read_message(reader, buf, socks5.parse_request, deadline)
+            request = await self._read_message(inb, socks5.parse_request, deadline)
         except Socks5Error as exc:
             if exc.reply is not None:
-                writer.write(socks5.build_reply(exc.reply))
-            session.fail(f"refused request: {exc}")
+                inb.write(socks5.build_reply(exc.reply))
+            inb.fail(f"refused request: {exc}")
             return exc.reply is not None
-        session.target = _fmt_target(request.host, request.port)
+        inb.target = _fmt_target(request.host, request.port)
         if request.command == socks5.Command.CONNECT:
-            session.method = "socks5-connect"
-            return await self._socks_connect(reader, writer, buf, session, request)
-        session.method = "socks5-udp"
-        return await self._socks_udp(reader, writer, session, request)
+            inb.method = "socks5-connect"
+            return await self._socks_connect(inb, request)
+        inb.method = "socks5-udp"
+        return await self._socks_udp(inb, request)
 
     def _check_credentials(self, username: bytes, password: bytes) -> bool:
         """RFC 1929 check in constant time; without configured auth any credentials are accepted."""
@@ -422,75 +554,50 @@ class LocalProxy:
         pass_ok = hmac.compare_digest(password, self._auth_bytes[1])
         return user_ok and pass_ok
 
-    async def _socks_connect(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        buf: bytearray,
-        session: _Session,
-        request: socks5.Request,
-    ) -> bool:
+    async def _socks_connect(self, inb: _Inbound, request: socks5.Request) -> bool:
         """CONNECT: open the VMess connection, answer with the matching reply code, relay."""
         try:
-            v_reader, v_writer = await self._open(request.host, request.port)
+            upstream = await self._open(request.host, request.port)
         except (OSError, asyncio.TimeoutError, VmessError) as exc:
-            writer.write(socks5.build_reply(_socks_reply_for(exc)))
-            session.fail(f"upstream: {_describe(exc) if not isinstance(exc, asyncio.TimeoutError) else 'timeout'}")
+            inb.write(socks5.build_reply(_socks_reply_for(exc)))
+            inb.fail(f"upstream: {_describe(exc) if not isinstance(exc, asyncio.TimeoutError) else 'timeout'}")
             return True
         self.stats.sessions += 1
-        bound = writer.get_extra_info("sockname")
-        try:
-            writer.write(socks5.build_reply(socks5.Reply.SUCCEEDED, bound[0], bound[1]))
-            await writer.drain()
-        except OSError as exc:
-            v_writer.close()
-            session.fail(f"client: {_describe(exc)}")
+        if inb._lost or inb.transport.is_closing():
+            upstream.close()
+            inb.fail("client: connection lost")
             return False
-        return await self._relay(
-            session, reader, writer, v_reader, v_writer, first_up=bytes(buf), up_limit=None, http_mode=False
-        )
+        bound = inb.transport.get_extra_info("sockname")
+        inb.relay_now(upstream, socks5.build_reply(socks5.Reply.SUCCEEDED, bound[0], bound[1]))
+        return True
 
-    async def _socks_udp(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        session: _Session,
-        request: socks5.Request,
-    ) -> bool:
+    async def _socks_udp(self, inb: _Inbound, request: socks5.Request) -> bool:
         """UDP ASSOCIATE: bind a UDP relay next to the control connection and serve it until that closes."""
-        loop = asyncio.get_running_loop()
-        local_host = writer.get_extra_info("sockname")[0]
-        peer_host = writer.get_extra_info("peername")[0]
+        local_host = inb.transport.get_extra_info("sockname")[0]
+        peer_host = inb.transport.get_extra_info("peername")[0]
         expected_port = request.port or None
-        assoc = _UdpAssociation(self, session, peer_host, expected_port)
+        assoc = _UdpAssociation(self, inb, peer_host, expected_port)
         try:
-            transport, _ = await loop.create_datagram_endpoint(lambda: assoc, local_addr=(local_host, 0))
+            transport, _ = await self._loop.create_datagram_endpoint(lambda: assoc, local_addr=(local_host, 0))
         except OSError as exc:
-            writer.write(socks5.build_reply(socks5.Reply.GENERAL_FAILURE))
-            session.fail(f"UDP bind: {_describe(exc)}")
+            inb.write(socks5.build_reply(socks5.Reply.GENERAL_FAILURE))
+            inb.fail(f"UDP bind: {_describe(exc)}")
             return True
         self.stats.sessions += 1
         try:
             bound = transport.get_extra_info("sockname")
-            session.target = f"udp relay {_fmt_addr(bound)}"
-            writer.write(socks5.build_reply(socks5.Reply.SUCCEEDED, bound[0], bound[1]))
-            await writer.drain()
-            await assoc.run(reader)
+            inb.target = f"udp relay {_fmt_addr(bound)}"
+            inb.write(socks5.build_reply(socks5.Reply.SUCCEEDED, bound[0], bound[1]))
+            await inb.drain()
+            await assoc.run(inb)
         finally:
             await assoc.close()
-        session.target = f"udp ({assoc.opened} destination session(s))"
+        inb.target = f"udp ({assoc.opened} destination session(s))"
         return True
 
     # ------------------------------------------------------------------------------------------------ HTTP
 
-    async def _serve_http(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        buf: bytearray,
-        session: _Session,
-        deadline: float,
-    ) -> bool:
+    async def _serve_http(self, inb: _Inbound, deadline: float) -> bool:
         """An HTTP proxy request: CONNECT tunnel or one absolute-URI request; returns whether to close gracefully."""
         scanned = 0
 
@@ -504,165 +611,51 @@ class LocalProxy:
             return httpc.parse_request_head(data, httpc.MAX_HEAD_SIZE)
 
         try:
-            head = await self._read_message(reader, buf, parse, deadline)
-            session.method = f"http-{head.method}"
+            head = await self._read_message(inb, parse, deadline)
+            inb.method = f"http-{head.method}"
             request = httpc.parse_proxy_request(head)
         except HttpProxyError as exc:
-            session.fail(f"{exc.status} {exc}")
-            await self._refuse_http(reader, writer, httpc.error_response(exc.status, str(exc)))
+            inb.fail(f"{exc.status} {exc}")
+            await self._refuse_http(inb, httpc.error_response(exc.status, str(exc)))
             return True
-        session.target = _fmt_target(request.host, request.port)
+        inb.target = _fmt_target(request.host, request.port)
         if self._auth is not None and not httpc.check_proxy_auth(head, *self._auth):
-            session.fail("407 proxy authentication required")
-            await self._refuse_http(reader, writer, httpc.error_response(407))
+            inb.fail("407 proxy authentication required")
+            await self._refuse_http(inb, httpc.error_response(407))
             return True
         try:
-            v_reader, v_writer = await self._open(request.host, request.port)
+            upstream = await self._open(request.host, request.port)
         except (OSError, asyncio.TimeoutError, VmessError) as exc:
             status = _http_status_for(exc)
-            session.fail(f"{status} upstream: {_describe(exc) if status != 504 else 'timeout'}")
-            await self._refuse_http(reader, writer, httpc.error_response(status))
+            inb.fail(f"{status} upstream: {_describe(exc) if status != 504 else 'timeout'}")
+            await self._refuse_http(inb, httpc.error_response(status))
             return True
         self.stats.sessions += 1
+        if inb._lost or inb.transport.is_closing():
+            upstream.close()
+            inb.fail("client: connection lost")
+            return False
         if request.is_connect:
-            try:
-                writer.write(httpc.CONNECT_ESTABLISHED)
-                await writer.drain()
-            except OSError as exc:
-                v_writer.close()
-                session.fail(f"client: {_describe(exc)}")
-                return False
-            return await self._relay(
-                session, reader, writer, v_reader, v_writer, first_up=bytes(buf), up_limit=None, http_mode=False
+            inb.relay_now(upstream, httpc.CONNECT_ESTABLISHED)
+        else:
+            inb.relay_now(
+                upstream, b"", head=httpc.origin_request_head(request), up_limit=request.body_length, http=True
             )
-        head_bytes = httpc.origin_request_head(request)
-        v_writer.write(head_bytes)
-        self._count(session, True, len(head_bytes))
-        return await self._relay(
-            session, reader, writer, v_reader, v_writer,
-            first_up=bytes(buf), up_limit=request.body_length, http_mode=True,
-        )
+        return True
 
-    async def _refuse_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, response: bytes) -> None:
+    async def _refuse_http(self, inb: _Inbound, response: bytes) -> None:
         """Send an error response, then read (and drop) what the client still sends for a moment, so the
         response is not destroyed by a reset caused by unread request bytes."""
-        loop = asyncio.get_running_loop()
         try:
-            writer.write(response)
-            await writer.drain()
-            _write_eof(writer)
-            end = loop.time() + LINGER
-            while (remaining := end - loop.time()) > 0:
-                if not await asyncio.wait_for(reader.read(HANDSHAKE_READ), remaining):
-                    break
-        except (OSError, asyncio.TimeoutError):
+            inb.write(response)
+            await inb.drain()
+            inb.write_eof()
+            inb.discard_input()
+            end = self._loop.time() + LINGER
+            while True:
+                await inb.read_more(end)
+        except (OSError, asyncio.TimeoutError, _ClientGone):
             pass
-
-    # ------------------------------------------------------------------------------------------------ relay
-
-    async def _pump(
-        self,
-        src: asyncio.StreamReader,
-        dst: Any,
-        session: _Session,
-        up: bool,
-        activity: _Activity,
-        first: bytes,
-        limit: Optional[int],
-        propagate_eof: bool,
-    ) -> None:
-        """Copy ``src`` to ``dst`` with backpressure (bounded reads, drain after each write).
-
-        Errors come out as :class:`_RelayError` naming the side that failed (the up pump reads the client).
-        """
-        loop = asyncio.get_running_loop()
-        src_side, dst_side = ("client", "upstream") if up else ("upstream", "client")
-        remaining = limit
-        if remaining is not None:
-            first = first[:remaining]
-            remaining -= len(first)
-        data = first
-        while True:
-            if data:
-                n = len(data)
-                try:
-                    dst.write(data)
-                    self._count(session, up, n)
-                    await dst.drain()
-                except (OSError, RuntimeError, VmessError) as exc:
-                    raise _RelayError(dst_side, exc) from exc
-            if remaining is not None and remaining <= 0:
-                return
-            try:
-                data = await src.read(READ_SIZE if remaining is None else min(READ_SIZE, remaining))
-            except (OSError, VmessError) as exc:
-                raise _RelayError(src_side, exc) from exc
-            if not data:
-                if propagate_eof:
-                    _write_eof(dst)
-                return
-            activity.last = loop.time()
-            if remaining is not None:
-                remaining -= len(data)
-
-    async def _relay(
-        self,
-        session: _Session,
-        c_reader: asyncio.StreamReader,
-        c_writer: asyncio.StreamWriter,
-        v_reader: asyncio.StreamReader,
-        v_writer: Any,
-        *,
-        first_up: bytes,
-        up_limit: Optional[int],
-        http_mode: bool,
-    ) -> bool:
-        """Relay both ways until both directions ended (or, for an HTTP request, the response ended).
-
-        Half-closes are passed on (except upstream in HTTP mode, where the request framing ends the body); the
-        session ends early on an error, on the idle timeout, or when the VMess connection is gone after its
-        stream ended. Returns whether the local connection may be closed gracefully.
-        """
-        loop = asyncio.get_running_loop()
-        activity = _Activity(loop.time())
-        up = asyncio.ensure_future(
-            self._pump(c_reader, v_writer, session, True, activity, first_up, up_limit, not http_mode)
-        )
-        down = asyncio.ensure_future(self._pump(v_reader, c_writer, session, False, activity, b"", None, True))
-        v_closed = asyncio.ensure_future(v_writer.wait_closed())
-        pending: set[asyncio.Future[Any]] = {up, down, v_closed}
-        graceful = True
-        try:
-            while up in pending or down in pending:
-                remaining = activity.last + self.idle_timeout - loop.time()
-                if remaining <= 0:
-                    session.outcome = "idle timeout"
-                    graceful = False
-                    break
-                done, pending = await asyncio.wait(pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
-                errors = [e for t in (up, down) if t in done and (e := t.exception()) is not None]
-                if errors:
-                    exc = errors[0]
-                    if isinstance(exc, _RelayError) and exc.side == "client":
-                        session.outcome = f"client: {_describe(exc.error)}"
-                    elif isinstance(exc, _RelayError):
-                        session.fail(f"upstream: {_describe(exc.error)}")
-                    else:
-                        session.fail(f"relay: {_describe(exc)}")
-                    graceful = False
-                    break
-                if down not in pending and (http_mode or v_closed not in pending):
-                    break
-        finally:
-            for t in pending:
-                t.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
-            if graceful:
-                v_writer.close()
-            else:
-                _abort(v_writer)
-        return graceful
 
 
 class _UdpSession:
@@ -748,7 +741,7 @@ class _UdpSession:
 class _UdpAssociation(asyncio.DatagramProtocol):
     """The UDP side of one SOCKS5 UDP ASSOCIATE: a local UDP socket and a bounded set of VMess UDP sessions."""
 
-    def __init__(self, proxy: LocalProxy, session: _Session, client_host: str, client_port: Optional[int]) -> None:
+    def __init__(self, proxy: LocalProxy, session: _Inbound, client_host: str, client_port: Optional[int]) -> None:
         self.proxy = proxy
         self.session = session
         self.client_host = client_host
@@ -817,13 +810,14 @@ class _UdpAssociation(asyncio.DatagramProtocol):
         if self.sessions.get(key) is udp:
             del self.sessions[key]
 
-    async def run(self, control: asyncio.StreamReader) -> None:
+    async def run(self, control: _Inbound) -> None:
         """Live until the TCP control connection closes, closing VMess UDP sessions idle for ``udp_timeout``."""
         sweeper = asyncio.ensure_future(self._sweep())
+        control.discard_input()  # what the client sends on the control connection has no meaning: dropped
         try:
-            while await control.read(HANDSHAKE_READ):
-                pass
-        except OSError:
+            while True:
+                await control.read_more(None)
+        except (OSError, _ClientGone):
             pass
         finally:
             sweeper.cancel()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+import socket
 import struct
 from typing import Tuple
 
@@ -18,6 +20,13 @@ def normalize_host(host: str) -> Tuple[AddressType, bytes]:
     """Classify ``host`` as IPv4, IPv6 or domain and return its ATYP and wire bytes (without length prefix)."""
     if not isinstance(host, str) or not host:
         raise AddressError(f"host must be a non-empty string, got {host!r}")
+    return _normalize(host)
+
+
+@functools.lru_cache(maxsize=1024)
+def _normalize(host: str) -> Tuple[AddressType, bytes]:
+    """normalize_host for a non-empty string, cached: a proxy asks for the same few hosts again and again, and
+    parsing an IP literal costs microseconds per connection. Errors are raised (and so not cached)."""
     literal = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     try:
         ip = ipaddress.ip_address(literal)
@@ -62,7 +71,7 @@ def decode_address(data: bytes, offset: int) -> Tuple[str, int, int]:
         end = pos + 4
         if len(data) < end:
             raise ProtocolError("truncated IPv4 address")
-        return str(ipaddress.IPv4Address(bytes(data[pos:end]))), port, end
+        return socket.inet_ntoa(bytes(data[pos:end])), port, end  # = str(IPv4Address(...)), a few times faster
     if atyp == AddressType.IPV6:
         end = pos + 16
         if len(data) < end:

@@ -19,7 +19,7 @@ from ..config import VmessConfig
 from ..constants import MAX_WRITE_CHUNK, Command, Option, Security
 from ..errors import AuthenticationError, ConnectionStateError, ProtocolError, TruncatedError, VmessError
 from .events import DataReceived, Event, ResponseReceived, StreamEnded
-from .header import RequestHeader, ResponseHeader, seal_request
+from .header import RequestHeader, ResponseHeader
 
 __all__ = ["ClientState", "ClientConnection", "user_keys", "legacy_ids", "DEFAULT_CHUNK_SIZE"]
 
@@ -27,6 +27,15 @@ DEFAULT_CHUNK_SIZE = MAX_WRITE_CHUNK
 """Whole-chunk cap used by our writers; chosen by measurement (bench/bench_core.py chunk-size sweep)."""
 
 _MAX_RESPONSE_HEADER = 18 + 0xFFFF + 16
+
+_RANDOM_BYTES = 16 + 16 + 1 + 1 + 4 + 8 + 15
+"""Bytes drawn from ``urandom`` per connection, in one call (see ClientConnection.__init__)."""
+
+
+@functools.lru_cache(maxsize=256)
+def _wire_params(config: VmessConfig) -> Tuple[int, int]:
+    """(security code, option bits) of a config: computed once per config, not per connection (IntFlag is slow)."""
+    return int(config.security), int(config.options)
 
 
 class ClientState(enum.Enum):
@@ -76,20 +85,23 @@ class ClientConnection:
         self.command = Command(command)
         self._now = now
         self._urandom = urandom
-        security = config.security
-        options = config.options
+        security, options = _wire_params(config)
         if command == Command.UDP and not options & Option.CHUNK_STREAM:
             # A raw ("zero") stream cannot delimit datagrams: frame UDP as NONE with S|M, as V2Ray does.
             options = Option.CHUNK_STREAM | Option.CHUNK_MASKING
         self.security = security
         self.options = int(options)
-        rnd = urandom(33)
-        if len(rnd) != 33:
+        # All of this connection's randomness in one call: request IV and key, response V, padding length,
+        # AuthID random part (legacy: alter ID choice) and connection nonce, then up to 15 bytes of padding.
+        rnd = urandom(_RANDOM_BYTES)
+        if len(rnd) != _RANDOM_BYTES:
             raise ValueError("urandom returned the wrong number of bytes")
         self._req_iv = rnd[0:16]
         self._req_key = rnd[16:32]
         self._resp_v = rnd[32]
-        self._header = RequestHeader(
+        self._rand4 = rnd[34:38]
+        self._conn_nonce = rnd[38:46]
+        header = RequestHeader(
             req_iv=self._req_iv,
             req_key=self._req_key,
             resp_v=self._resp_v,
@@ -98,9 +110,9 @@ class ClientConnection:
             command=int(command),
             host=host,
             port=port,
-            padding=urandom(urandom(1)[0] & 0x0F),
+            padding=rnd[46 : 46 + (rnd[33] & 0x0F)],
         )
-        self._header.encode()  # validate the destination now, not at the first send
+        self._section = header.encode()  # encoded once: validates the destination now, sealed at the first send
         self._legacy = config.alter_id > 0
         self._user = user_keys(config.user_id.bytes)
         self._resp_key, self._resp_iv = _core.response_keys(self._req_key, self._req_iv, self._legacy)
@@ -134,10 +146,12 @@ class ClientConnection:
         ts = int(self._now())
         if self._legacy:
             ids = legacy_ids(self.config.user_id.bytes, self.config.alter_id)
-            chosen = ids[int.from_bytes(self._urandom(2), "big") % len(ids)]
-            wire = seal_request(self._header, self._user, ts=ts, legacy_id=chosen)
+            chosen = ids[int.from_bytes(self._rand4[:2], "big") % len(ids)]
+            wire = _core.seal_legacy_header(self._user, chosen, ts, self._section)
         else:
-            wire = seal_request(self._header, self._user, ts=ts, rand4=self._urandom(4), conn_nonce=self._urandom(8))
+            auth_id = _core.create_auth_id(self._user, ts, self._rand4)
+            wire = _core.seal_aead_header(self._user, auth_id, self._conn_nonce, self._section)
+        self._section = b""  # sealed once: not kept for the connection's lifetime
         self.state = ClientState.RECEIVE_RESPONSE
         return wire
 
@@ -202,8 +216,14 @@ class ClientConnection:
                 return events
         reader = self._reader
         assert reader is not None
-        for payload in reader.feed(data):
-            events.append(DataReceived(payload))
+        payloads = reader.feed(data)
+        if len(payloads) > 1 and self.command != Command.UDP:
+            # A byte stream: what one read completed is one piece (one event, one write downstream). Many small
+            # chunks per read are common (V2Ray sends ~2 KiB chunks).
+            events.append(DataReceived(b"".join(payloads)))
+        else:
+            for payload in payloads:
+                events.append(DataReceived(payload))
         if reader.ended and not self._received_eof:
             self._received_eof = True
             events.append(StreamEnded())
@@ -278,3 +298,11 @@ class ClientConnection:
     def close(self) -> None:
         """Mark the connection closed; further use raises ConnectionStateError."""
         self.state = ClientState.CLOSED
+
+    def release(self) -> None:
+        """A hint that the connection is idle: the body ciphers free their contexts until next used (about 2 KiB
+        each with the compiled core; see ``ChunkWriter.release``). Nothing observable changes."""
+        if self._writer is not None:
+            self._writer.release()
+        if self._reader is not None:
+            self._reader.release()
