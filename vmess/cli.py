@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 import sys
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Coroutine, Dict, List, Optional, Sequence, Tuple
 
 from . import __version__, _core
 from .errors import ConfigError, UnsupportedError, VmessError
@@ -42,7 +42,7 @@ def parse_hostport(text: str, what: str = "--listen") -> Tuple[str, int]:
     return host or "127.0.0.1", int(port_text)
 
 
-def _run(coro_factory: Callable[[], Awaitable[int]]) -> int:
+def _run(coro_factory: Callable[[], Coroutine[Any, Any, int]]) -> int:
     """Run the coroutine on uvloop when it is installed, else on asyncio's default loop."""
     try:
         import uvloop  # type: ignore[import-not-found]
@@ -55,9 +55,13 @@ def _install_stop_signals() -> "asyncio.Future[str]":
     """A future that SIGINT or SIGTERM resolves with the signal's name (install before printing readiness)."""
     loop = asyncio.get_running_loop()
     stopped: asyncio.Future[str] = loop.create_future()
+    def on_signal(sig: signal.Signals) -> None:
+        if not stopped.done():
+            stopped.set_result(sig.name)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
-            loop.add_signal_handler(sig, lambda s=sig: stopped.done() or stopped.set_result(s.name))
+            loop.add_signal_handler(sig, on_signal, sig)
         except (NotImplementedError, RuntimeError):  # not the main thread, or no signal support
             pass
     return stopped

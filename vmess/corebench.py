@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 from types import ModuleType
-from typing import Callable, List, Optional, TextIO, Tuple
+from typing import Any, Callable, List, Optional, TextIO, Tuple
 
 __all__ = ["run_core_bench"]
 
@@ -45,7 +45,7 @@ def _cases(core: ModuleType) -> List[Tuple[str, int, Callable[[], object]]]:
     fnv_data = os.urandom(16384)
     shake = core.ShakeStream(iv)
 
-    def writer(security: int, options: int) -> Tuple[object, bytearray]:
+    def writer(security: int, options: int) -> Tuple[Any, bytearray]:
         w = core.ChunkWriter(security, options, k, iv, k, iv, os.urandom)
         return w, bytearray(w.max_output(len(chunk16)))
 
