@@ -14,6 +14,7 @@ import platform
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from .constants import Option, Security
 from .errors import ConfigError
@@ -97,18 +98,7 @@ class VmessEncryption(enum.Enum):
     @classmethod
     def _lookup(cls, name: object, field: str) -> VmessEncryption:
         """Parse ``name`` (a member or its link name), reporting errors under ``field``."""
-        if isinstance(name, cls):
-            return name
-        if not isinstance(name, str):
-            raise ConfigError(field, name, f"expected a cipher name, not {type(name).__name__}")
-        key = name.strip().lower()
-        if not key:
-            return cls.AUTO
-        for member in cls:
-            if member.value == key:
-                return member
-        valid = ", ".join(m.value for m in cls)
-        raise ConfigError(field, name, f"unknown cipher; expected one of {valid}")
+        return _lookup_member(cls, name, field, "cipher")
 
     def resolve(self) -> VmessEncryption:
         """Replace ``AUTO`` by the cipher to use on this machine: AES-128-GCM with AES instructions, else ChaCha20."""
@@ -152,18 +142,26 @@ class VmessSecurityLevel(enum.Enum):
     @classmethod
     def _lookup(cls, name: object, field: str) -> VmessSecurityLevel:
         """Parse ``name`` (a member or its name), reporting errors under ``field``."""
-        if isinstance(name, cls):
-            return name
-        if not isinstance(name, str):
-            raise ConfigError(field, name, f"expected a security level name, not {type(name).__name__}")
-        key = name.strip().lower()
-        if not key:
-            return cls.AUTO
-        for member in cls:
-            if member.value == key:
-                return member
-        valid = ", ".join(m.value for m in cls)
-        raise ConfigError(field, name, f"unknown security level; expected one of {valid}")
+        return _lookup_member(cls, name, field, "security level")
+
+
+_E = TypeVar("_E", VmessEncryption, VmessSecurityLevel)
+
+
+def _lookup_member(cls: type[_E], name: object, field: str, what: str) -> _E:
+    """A member of ``cls`` from itself or its (case-insensitive) value; empty means AUTO; ConfigError otherwise."""
+    if isinstance(name, cls):
+        return name
+    if not isinstance(name, str):
+        raise ConfigError(field, name, f"expected a {what} name, not {type(name).__name__}")
+    key = name.strip().lower()
+    if not key:
+        return cls.AUTO  # type: ignore[return-value]
+    for member in cls:
+        if member.value == key:
+            return member
+    valid = ", ".join(m.value for m in cls)
+    raise ConfigError(field, name, f"unknown {what}; expected one of {valid}")
 
 
 def parse_bool(value: object, field: str) -> bool:
