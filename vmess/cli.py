@@ -177,7 +177,7 @@ async def _client(args: argparse.Namespace) -> int:
             raise UsageError("--auth: expected USER:PASS")
         auth = (user, password)
     try:
-        proxy = await start_local_proxy(link, host, port, auth=auth)
+        proxy = await start_local_proxy(link, host, port, auth=auth, clock_offset=args.clock_offset)
     except OSError as exc:
         print(f"vmess client: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
         return EXIT_FAILED
@@ -276,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("link", help="a vmess:// share link")
     p.add_argument("--listen", default="127.0.0.1:1080", help="HOST:PORT (default 127.0.0.1:1080)")
     p.add_argument("--auth", metavar="USER:PASS", help="require SOCKS5 username/password and HTTP proxy Basic auth")
+    p.add_argument("--clock-offset", type=float, default=0.0, metavar="SECONDS",
+                   help="add SECONDS to this machine's clock when stamping requests (servers allow +-120 s)")
 
     p = sub.add_parser("server", help="VMess inbound with a direct outbound")
     p.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:10086, or the config file's)")

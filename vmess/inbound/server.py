@@ -21,6 +21,7 @@ import hmac
 import ipaddress
 import logging
 import socket
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, TypeVar
 
@@ -340,8 +341,10 @@ class LocalProxy:
         udp_timeout: float,
         handshake_timeout: float,
         max_udp_sessions: int,
+        clock_offset: float = 0.0,
     ) -> None:
         self._upstream: Any = upstream
+        self.clock_offset = clock_offset
         self._server_addr: tuple[str, int] = upstream[0]
         self._config: VmessConfig = upstream[1]
         self._transport_settings: Any = upstream[2] if len(upstream) > 2 else None  # type: ignore[misc]
@@ -450,8 +453,12 @@ class LocalProxy:
         """One VMess TCP connection to host:port through the configured server."""
         return await open_upstream(
             self._server_addr, self._config, self._transport_settings, host, port, self._vmess_view,
-            connect_timeout=self.connect_timeout,
+            connect_timeout=self.connect_timeout, now=self._now,
         )
+
+    def _now(self) -> float:
+        """The clock request headers are stamped with: this machine's, shifted by ``clock_offset``."""
+        return time.time() + self.clock_offset
 
     async def _read_message(
         self,
@@ -690,7 +697,8 @@ class _UdpSession:
         where = _fmt_target(self.host, self.port)
         try:
             self.stream = await open_udp(
-                self.host, self.port, proxy=proxy._upstream, connect_timeout=proxy.connect_timeout
+                self.host, self.port, proxy=proxy._upstream, connect_timeout=proxy.connect_timeout,
+                clock_offset=proxy.clock_offset,
             )
         except (OSError, asyncio.TimeoutError, VmessError) as exc:
             log.debug("UDP to %s: upstream failed: %s", where, _describe(exc))
@@ -861,6 +869,7 @@ async def start_local_proxy(
     udp_timeout: float = 60.0,
     handshake_timeout: float = 30.0,
     max_udp_sessions: int = 64,
+    clock_offset: float = 0.0,
 ) -> LocalProxy:
     """Listen on ``host:port`` for SOCKS5 and HTTP proxy clients and carry their sessions over VMess.
 
@@ -868,7 +877,8 @@ async def start_local_proxy(
     once here (ConfigError for a bad link, UnsupportedError for a transport we do not implement). ``auth`` =
     (user, password) requires RFC 1929 credentials on SOCKS5 and Basic ``Proxy-Authorization`` on HTTP.
     Timeouts are in seconds: connecting to the VMess server, no bytes either way on a TCP session, a UDP
-    destination without traffic, and a client that does not finish its handshake.
+    destination without traffic, and a client that does not finish its handshake. ``clock_offset`` (seconds) is
+    added to this machine's clock when stamping requests, for a machine whose clock is off by more than 120 s.
     """
     server_host, server_port, config = resolve_proxy(proxy)
     from ..transport import transport_for  # TLS / WebSocket settings of the link, carried to open_connection
@@ -898,6 +908,7 @@ async def start_local_proxy(
         udp_timeout=udp_timeout,
         handshake_timeout=handshake_timeout,
         max_udp_sessions=max_udp_sessions,
+        clock_offset=clock_offset,
     )
     await lp._start(host, port)
     log.debug("local proxy on %s -> VMess server %s", _fmt_addr(lp.address), _fmt_target(server_host, server_port))
