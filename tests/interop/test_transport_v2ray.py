@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import socket
-import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any, Optional
@@ -31,12 +30,12 @@ from typing import Any, Optional
 import pytest
 
 from vmess.aio import open_connection, open_udp
-from vmess.aio_server import VmessServer, start_server
 from vmess.config import VmessConfig
 from vmess.errors import TransportError
 from vmess.transport import TlsSettings, TransportSettings, WebSocketServerSettings, WebSocketSettings, server_context
 
 from ..tls_certs import CertFiles, make_cert
+from .server_thread import ServerThread
 from .endpoints import Socks5UdpAssociation, TcpEcho, TcpSink, UdpEcho, exchange, recv_exactly, socks5_connect
 from .v2ray import V2RayProcess, client_config, free_port, server_config, stream_settings
 
@@ -225,48 +224,6 @@ def test_wrong_path_is_refused_by_v2ray(v2ray_ws_server: tuple[str, int, V2RayPr
 # ------------------------------------------------------------------------------------ v2ray client -> our server
 
 
-class ServerThread:
-    """Our server in a background thread with its own event loop (v2ray is driven with blocking sockets)."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        self.kwargs = kwargs
-        self.server: Optional[VmessServer] = None
-        self.loop: Optional[asyncio.AbstractEventLoop] = None
-        self._ready = threading.Event()
-        self._error: Optional[BaseException] = None
-        self._thread = threading.Thread(target=self._run, name="vmess-transport-server", daemon=True)
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as exc:  # reported by start()
-            self._error = exc
-            self._ready.set()
-
-    async def _main(self) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.server = await start_server([(USER, 0, "v2ray-client")], idle_timeout=30, **self.kwargs)
-        self._ready.set()
-        await self.server.serve_forever()
-
-    def start(self) -> "ServerThread":
-        self._thread.start()
-        self._ready.wait(10)
-        if self._error is not None or self.server is None:
-            raise RuntimeError(f"server did not start: {self._error!r}")
-        return self
-
-    def stop(self) -> None:
-        if self.loop is not None and self.server is not None and self._thread.is_alive():
-            self.loop.call_soon_threadsafe(self.server.close)
-        self._thread.join(10)
-
-    @property
-    def port(self) -> int:
-        assert self.server is not None
-        return self.server.port
-
-
 class V2RayClient:
     def __init__(self, kind: str, socks_port: int, ours: ServerThread, proc: V2RayProcess) -> None:
         self.kind = kind
@@ -283,7 +240,7 @@ def v2ray_client(request: pytest.FixtureRequest, certs: CertFiles, v2ray_bin: st
         kwargs["ssl"] = server_context(certs.cert, certs.key)
     if kind.startswith("ws"):
         kwargs["websocket"] = WebSocketServerSettings(path=WS_PATH)
-    ours = ServerThread(**kwargs).start()
+    ours = ServerThread([(USER, 0, "v2ray-client")], idle_timeout=30, **kwargs).start()
     try:
         socks_port = free_port()
         cfg = client_config(socks_port, ours.port, USER, security="aes-128-gcm",
