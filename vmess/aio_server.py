@@ -39,7 +39,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, List, Optional, Set, Tuple, Union, cast
 
-from ._sweep import Sweeper
+from ._parking import ParkingLot, reattach
+from ._sweep import PARK_AFTER, Sweeper
 from ._timeouts import timed
 from .constants import Command
 from .errors import (
@@ -232,6 +233,10 @@ class ServerStats:
     """Payload bytes from destinations to clients."""
     datagrams_dropped: int = 0
     """UDP replies dropped: larger than one chunk, or the client was not reading."""
+    parks: int = 0
+    """Times a quiet session gave up its transports and parked its two connections (see ``park_idle``)."""
+    wakes: int = 0
+    """Times a parked session woke (a byte, EOF or error arrived) and got new transports."""
     failures: "collections.Counter[str]" = field(default_factory=collections.Counter)
     """Failures by reason: auth, replay, header, unsupported, truncated, handshake_timeout, max_sessions,
     destination_refused, connect_failed, outbound_error, protocol, destination_reset."""
@@ -292,7 +297,9 @@ class _TcpUpstream(asyncio.BufferedProtocol):
         return True  # keep our sending side open: the client may still have bytes for the destination
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
-        self.session._upstream_lost(exc)
+        session = self.session
+        if session is not None:  # None: the transport was given up when the session parked
+            session._upstream_lost(exc)
 
     def pause_writing(self) -> None:
         self.session._set_upstream_full(True)
@@ -337,6 +344,7 @@ class _Session(asyncio.BufferedProtocol):
         "bytes_down", "started", "reason", "_received", "_last_activity", "_resting", "_timer", "_open_task",
         "_pending", "_client_ended", "_dest_ended", "_eof_forwarded", "_client_write_closed", "_client_reading_paused",
         "_upstream_full", "_client_full", "_admitted", "_client_lost", "_upstream_lost_seen", "_finished", "_gone",
+        "_parked", "_stale_losses", "_unpark_task",
     )
 
     def __init__(self, server: "VmessServer") -> None:
@@ -374,11 +382,19 @@ class _Session(asyncio.BufferedProtocol):
         self._upstream_lost_seen = False
         self._finished = False
         self._gone = False
+        self._parked: Optional[List[int]] = None  # parked descriptors not yet reattached: [client, destination]
+        self._stale_losses = 0  # connection_lost calls still due from client transports given up when parking
+        self._unpark_task: Optional[asyncio.Task[None]] = None
 
     # -------------------------------------------------------------------------------- inbound callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # duck-typed: uvloop's transports are no asyncio.Transport
+        if self._parked is not None:  # waking from parking: the same connection, a new transport (see _unpark)
+            self.transport = transport
+            transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+            self._update_client_reading()
+            return
         self.transport = transport
         self.peer = _fmt_addr(transport.get_extra_info("peername"))
         if not self.server._admit(self):
@@ -432,6 +448,9 @@ class _Session(asyncio.BufferedProtocol):
         return not self._finished  # keep sending to a client that half-closed
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
+        if self._stale_losses:  # a transport given up when the session parked: the connection lives on
+            self._stale_losses -= 1
+            return
         self._client_lost = True
         if self._admitted and not self._finished:
             if exc is not None:  # a client reset is routine (browsers do it): an end, not a failure
@@ -750,6 +769,81 @@ class _Session(asyncio.BufferedProtocol):
         self._resting = True
         self.conn.release()
 
+    # -------------------------------------------------------------------------------- parking (vmess._parking)
+
+    def park(self) -> bool:
+        """The sweeper's call: quiet for longer; give up both transports, keep the connections (True if parked)."""
+        lot = self.server._parking
+        if (
+            lot is None or self._finished or self.phase is not _Phase.RELAY or self.udp or self._parked is not None
+            or self._client_ended or self._dest_ended or self._eof_forwarded or self._client_write_closed
+            or self._client_reading_paused or self._upstream_full or self._client_full or self._pending
+        ):
+            return False
+        transport, upstream = self.transport, self.upstream
+        old_protocol = upstream.get_protocol() if upstream is not None else None  # type: ignore[attr-defined]
+        fds = lot.park(self, (transport, upstream))
+        if fds is None:
+            return False
+        self._parked = list(fds)
+        self._stale_losses += 1
+        if isinstance(old_protocol, _TcpUpstream):
+            old_protocol.session = None  # type: ignore[assignment]
+        self.transport = self.upstream = None
+        self.server.stats.parks += 1
+        return True
+
+    def wake(self) -> None:
+        """The parking lot's call: a parked socket turned readable; reattach both connections."""
+        fds = self._parked
+        if fds is None or self._unpark_task is not None or self._finished:
+            return
+        self.server._parking.release(fds)  # type: ignore[union-attr]
+        self.server.stats.wakes += 1
+        self._unpark_task = self.loop.create_task(self._unpark())
+
+    async def _unpark(self) -> None:
+        # The client side first, in the CONNECTING phase: what it sends (data, EOF) waits in _pending exactly as
+        # while a destination is being opened (uvloop starts reading right after connection_made, whatever the
+        # protocol asks). The destination side's connection_made (_upstream_made) then resumes the relay.
+        fds = self._parked
+        assert fds is not None
+        self.phase = _Phase.CONNECTING
+        try:
+            await reattach(self.loop, fds.pop(0), self)
+            self._update_client_reading()
+            await reattach(self.loop, fds.pop(0), _TcpUpstream(self))
+        except asyncio.CancelledError:
+            return  # _finish cancelled us and closed what was attached; _finish_parked closes the rest
+        except OSError as exc:
+            self._unpark_task = None
+            self._fail("protocol", f"cannot resume a parked session: {exc}")
+            return
+        finally:
+            if self._unpark_task is asyncio.current_task():
+                self._unpark_task = None
+        self._parked = None
+        if not self._finished:
+            self._touch()
+
+    def _finish_parked(self) -> None:
+        """End a parked session's connections that are still bare descriptors (not reattached)."""
+        fds, self._parked = self._parked, None
+        if fds is None:
+            return
+        task = self._unpark_task
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            self._unpark_task = None
+        lot = self.server._parking
+        if lot is not None:
+            lot.release(fds)
+        ParkingLot.close_fds(fds)
+        if self.transport is None:
+            self._client_lost = True
+        if self.upstream is None:
+            self._upstream_lost_seen = True
+
     # -------------------------------------------------------------------------------- ending
 
     def _fail(self, kind: str, message: str) -> None:
@@ -796,6 +890,7 @@ class _Session(asyncio.BufferedProtocol):
             else:
                 log.debug("session %d from %s: closed before a request (%s)", self.id, self.peer, reason)
         self.conn.close()
+        self._finish_parked()
         for transport in (self.transport, self.upstream):
             if transport is None:
                 continue
@@ -826,6 +921,8 @@ class _Session(asyncio.BufferedProtocol):
         if self._gone or not self._finished or not self._client_lost or self._open_task is not None:
             return
         if self.upstream is not None and not self._upstream_lost_seen:
+            return
+        if self._unpark_task is not None:
             return
         self._gone = True
         if self._timer is not None:
@@ -874,6 +971,7 @@ class VmessServer:
         now: Callable[[], float],
         urandom: Callable[[int], bytes],
         chunk_size: int,
+        park_idle: Optional[float] = PARK_AFTER,
     ) -> None:
         self.users = users
         self.outbound = outbound
@@ -890,7 +988,8 @@ class VmessServer:
         self._client_view = memoryview(bytearray(READ_BUFFER_SIZE))
         self._upstream_view = memoryview(bytearray(READ_BUFFER_SIZE))
         self._ids = itertools.count(1)
-        self._sweeper = Sweeper(self._loop, idle_timeout)
+        self._sweeper = Sweeper(self._loop, idle_timeout, park_after=park_idle)
+        self._parking = self._sweeper.parking  # None where parking is off or unsupported
         self._sessions: Set[_Session] = set()
         self._server: Optional[asyncio.Server] = None
         self._closing = False
@@ -977,6 +1076,8 @@ class VmessServer:
         self._stop_listening()
         for session in list(self._sessions):
             session.abort("server_closed")
+        if self._parking is not None:
+            self._parking.close()
         if not self._closed.done():
             self._closed.set_result(None)
 
@@ -1035,6 +1136,7 @@ async def start_server(
     urandom: Callable[[int], bytes] = os.urandom,
     chunk_size: int = 16384,
     websocket: Any = None,
+    park_idle: Optional[float] = PARK_AFTER,
     **listen_kwargs: Any,
 ) -> VmessServer:
     """Start a VMess server on ``host:port`` (port 0: any free port) and return it, already listening.
@@ -1046,6 +1148,9 @@ async def start_server(
     go to ``loop.create_server`` (``reuse_port``, ``backlog`` ...). Transports: ``ssl=`` an ``SSLContext``
     (``vmess.transport.server_context(cert, key)``) serves TLS; ``websocket=`` a
     ``vmess.transport.WebSocketServerSettings`` (or just its path) serves WebSocket; both together serve ws+tls.
+    ``park_idle``: seconds without traffic after which a plain-TCP session gives up its two loop transports and
+    waits as bare sockets in one epoll set (about 2.4 KB less per idle session; it wakes on the next byte, EOF or
+    error; see :mod:`vmess._parking`). None or 0 keeps every session's transports.
     """
     if outbound is None:
         outbound = DirectOutbound(block_private=block_private)
@@ -1065,6 +1170,7 @@ async def start_server(
         now=now,
         urandom=urandom,
         chunk_size=chunk_size,
+        park_idle=park_idle,
     )
     await server._listen(host, port, websocket=websocket, **listen_kwargs)
     log.info("listening on %s (%d users)", ", ".join(_fmt_addr(s.getsockname()) for s in server.sockets),

@@ -26,6 +26,7 @@ import os
 import time
 from typing import Any, Awaitable, Callable, List, Optional, Tuple
 
+from ._parking import reattach
 from ._sweep import Sweeper
 from ._timeouts import timed
 from .aio import HEADER_DELAY
@@ -61,7 +62,7 @@ class VmessUpstream(asyncio.BufferedProtocol):
     :data:`HEADER_DELAY` seconds after :meth:`attach` (for protocols where the server speaks first).
     """
 
-    __slots__ = ("conn", "loop", "transport", "peer", "_view", "_early", "_header_timer", "_failed")
+    __slots__ = ("conn", "loop", "transport", "peer", "_view", "_early", "_header_timer", "_failed", "_stale_losses")
 
     def __init__(self, conn: ClientConnection, loop: asyncio.AbstractEventLoop, view: memoryview) -> None:
         self.conn = conn
@@ -72,6 +73,7 @@ class VmessUpstream(asyncio.BufferedProtocol):
         self._early: Optional[List[Tuple[str, Any]]] = None
         self._header_timer: Optional[asyncio.TimerHandle] = None
         self._failed = False
+        self._stale_losses = 0  # connection_lost calls still due from transports given up when parking
 
     # --- the peer
     def attach(self, peer: Any) -> None:
@@ -135,6 +137,9 @@ class VmessUpstream(asyncio.BufferedProtocol):
         return True  # keep our sending side open: the client may still have bytes for the destination
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
+        if self._stale_losses:  # a transport given up when the relay parked: the connection lives on
+            self._stale_losses -= 1
+            return
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
@@ -243,6 +248,7 @@ class LocalRelay(asyncio.BufferedProtocol):
     __slots__ = (
         "loop", "transport", "upstream", "_view", "_relaying", "_done", "_up_left", "_http", "_client_eof",
         "_down_eof", "_up_lost", "_up_full", "_local_paused", "_last_activity", "_resting", "_sweeper", "_closer",
+        "_parked", "_stale_losses", "_unpark_task",
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, view: memoryview) -> None:
@@ -263,6 +269,9 @@ class LocalRelay(asyncio.BufferedProtocol):
         self._resting = False
         self._sweeper: Optional[Sweeper] = None
         self._closer: Optional[asyncio.TimerHandle] = None
+        self._parked: Optional[List[int]] = None  # parked descriptors not yet reattached: [VMess, local]
+        self._stale_losses = 0  # connection_lost calls still due from local transports given up when parking
+        self._unpark_task: Optional[asyncio.Task[None]] = None
 
     # --- hooks for subclasses
     def handshake_data(self, data: memoryview) -> None:
@@ -377,6 +386,9 @@ class LocalRelay(asyncio.BufferedProtocol):
         return True  # keep our sending side open: the VMess side may still have bytes for the client
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
+        if self._stale_losses:  # a transport given up when the relay parked: the connection lives on
+            self._stale_losses -= 1
+            return
         closer = self._closer
         if closer is not None:
             closer.cancel()
@@ -509,6 +521,82 @@ class LocalRelay(asyncio.BufferedProtocol):
         if self.upstream is not None:
             self.upstream.conn.release()
 
+    # --- parking (see vmess._parking)
+    def park(self) -> bool:
+        """The sweeper's call: quiet for longer; give up both transports, keep the connections (True if parked)."""
+        upstream = self.upstream
+        sweeper = self._sweeper
+        lot = sweeper.parking if sweeper is not None else None
+        if (
+            lot is None or upstream is None or self._done or self._parked is not None or self._client_eof
+            or self._down_eof or self._up_lost or self._up_full or self._local_paused or self._up_left is not None
+            or upstream.peer is not self or upstream._failed or upstream._header_timer is not None
+            or not upstream.conn.request_sent
+        ):
+            return False
+        fds = lot.park(self, (upstream.transport, self.transport))
+        if fds is None:
+            return False
+        self._parked = list(fds)
+        self._stale_losses += 1
+        upstream._stale_losses += 1
+        self.transport = None
+        upstream.transport = None
+        return True
+
+    def wake(self) -> None:
+        """The parking lot's call: a parked socket turned readable; reattach both connections."""
+        fds = self._parked
+        sweeper = self._sweeper
+        if fds is None or self._unpark_task is not None or self._done or sweeper is None or sweeper.parking is None:
+            return
+        sweeper.parking.release(fds)
+        self._unpark_task = self.loop.create_task(self._unpark())
+
+    async def _unpark(self) -> None:
+        # The VMess side first, detached from us: what it decodes meanwhile is recorded and replayed by attach()
+        # once the local side is back (uvloop starts reading right after connection_made, whatever we ask).
+        fds = self._parked
+        upstream = self.upstream
+        assert fds is not None and upstream is not None
+        upstream.peer = None
+        try:
+            await reattach(self.loop, fds.pop(0), upstream)
+            await reattach(self.loop, fds.pop(0), self)
+        except asyncio.CancelledError:
+            return  # _finish cancelled us and closed what was attached; _finish_parked closed the rest
+        except OSError as exc:
+            self._unpark_task = None
+            upstream.peer = self
+            self._finish(False, failure=f"cannot resume a parked session: {describe(exc)}")
+            return
+        finally:
+            if self._unpark_task is asyncio.current_task():
+                self._unpark_task = None
+        self._parked = None
+        upstream.attach(self)  # replays what the VMess side said meanwhile (data, EOF, loss)
+        if not self._done:
+            self._touch()
+            self._update_reading()
+
+    def _finish_parked(self) -> None:
+        """Close a parked relay's connections that are still bare descriptors (not reattached)."""
+        fds, self._parked = self._parked, None
+        if fds is None:
+            return
+        task = self._unpark_task
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            self._unpark_task = None
+        sweeper = self._sweeper
+        if sweeper is not None and sweeper.parking is not None:
+            sweeper.parking.release(fds)
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
     def abort_relay(self, outcome: str) -> None:
         """End the relay at once (proxy shutdown)."""
         self._finish(False, outcome=outcome)
@@ -519,17 +607,22 @@ class LocalRelay(asyncio.BufferedProtocol):
         self._done = True
         if self._sweeper is not None:
             self._sweeper.forget(self)
+        parked = self._parked is not None and self.transport is None  # the local side is a bare descriptor
+        self._finish_parked()
         upstream = self.upstream
         transport = self.transport
         if graceful:
             if upstream is not None:
                 upstream.close()
-            if not transport.is_closing():
+            if transport is not None and not transport.is_closing():
                 transport.close()
                 # A client that never reads must not keep the socket forever.
                 self._closer = self.loop.call_later(GRACEFUL_CLOSE, transport.abort)
         else:
             if upstream is not None:
                 upstream.abort()
-            transport.abort()
+            if transport is not None:
+                transport.abort()
         self.relay_finished(graceful, outcome, failure)
+        if parked:
+            self.relay_gone()  # no transport left to report connection_lost
