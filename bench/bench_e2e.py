@@ -25,7 +25,8 @@ Workloads:
         fails (5 s timeout; v2ray 4.34 stalls about one in a thousand) is reported and left out of the rate; more
         than 1% failing fails the row.
   idle  a worker opens --idle sessions the same way and holds them open; the RSS growth (/proc/PID/status VmRSS)
-        of the client and server processes, per session (issue 7's "memory per idle session" target).
+        of the client and server processes, per session (issue 7's "memory per idle session" target), read 3 s
+        after the last session opened (our proxies park sessions quiet for 1 s) and, in brackets, after 0.5 s.
 
 CPU: utime+stime of the client and server processes (/proc/PID/stat, all threads) before/after each run, as CPU
 seconds per GiB (bulk) or microseconds per connection (conn). Ratios: every row against v2ray/v2ray of the same
@@ -77,6 +78,7 @@ TRANSPORTS = ("tcp", "tls", "ws", "ws+tls")
 CIPHERS = ("aes-128-gcm", "chacha20-poly1305", "none")
 PAIRS = ("ours", "v2ray", "ours-v2ray", "v2ray-ours", "direct")
 WORKLOADS = ("bulk", "down", "conn", "idle")
+IDLE_SETTLE = 3.0  # seconds the idle workload waits after the last session opened before its main reading
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # ============================================================================================ helper processes
@@ -428,6 +430,34 @@ import os, sys
 if os.environ.get("VMESS_BENCH_NO_UVLOOP"):
     sys.modules["uvloop"] = None  # makes `import uvloop` raise ImportError: the CLI falls back to asyncio
 from vmess.cli import main
+snap = os.environ.get("VMESS_BENCH_TRACEMALLOC")
+if snap:  # SIGUSR2 writes a tracemalloc snapshot to <prefix>-<n>.snap (the idle workload's --tracemalloc)
+    import signal, tracemalloc
+    tracemalloc.start(16)
+    taken = [0]
+    def _dump(signum, frame):
+        taken[0] += 1
+        path = f"{snap}-{taken[0]}.snap"
+        tracemalloc.take_snapshot().dump(path + ".tmp")
+        os.replace(path + ".tmp", path)
+    signal.signal(signal.SIGUSR2, _dump)
+else:  # SIGUSR1 starts tracemalloc (1 frame), SIGUSR2 writes the traced bytes to <tmp>/traced-<n> and stops it
+    import signal, tracemalloc
+    where = os.environ["VMESS_BENCH_TMP"]
+    told = [0]
+    def _start(signum, frame):
+        tracemalloc.start(1)
+    def _report(signum, frame):
+        import gc
+        gc.collect()  # asyncio's aborted transports sit in reference cycles until a full collection frees them
+        told[0] += 1
+        path = os.path.join(where, f"traced-{told[0]}")
+        with open(path + ".tmp", "w") as f:
+            f.write(str(tracemalloc.get_traced_memory()[0]))
+        tracemalloc.stop()
+        os.replace(path + ".tmp", path)
+    signal.signal(signal.SIGUSR1, _start)
+    signal.signal(signal.SIGUSR2, _report)
 out = os.environ.get("VMESS_BENCH_CPROFILE")
 if out:
     import cProfile
@@ -454,6 +484,39 @@ class Proxy:
         self.tmp = tempfile.mkdtemp(prefix=f"bench-{label}-")
         self.log_path = os.path.join(self.tmp, "out.log")
         self._log: Any = None
+        self.snap_prefix = ""  # set when the process takes tracemalloc snapshots on SIGUSR2
+        self.snaps = 0
+
+    def traced(self, start: bool) -> Optional[int]:
+        """Ours only: start tracemalloc (start=True), or read the bytes it traced since and stop it."""
+        if self.kind != "ours" or self.snap_prefix:
+            return None
+        if start:
+            os.kill(self.pid, signal.SIGUSR1)
+            return 0
+        self.reports = getattr(self, "reports", 0) + 1
+        path = os.path.join(self.tmp, f"traced-{self.reports}")
+        os.kill(self.pid, signal.SIGUSR2)
+        deadline = time.monotonic() + 30
+        while not os.path.exists(path):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.label}: no tracemalloc reading after 30 s")
+            time.sleep(0.05)
+        return int(Path(path).read_text())
+
+    def snapshot(self) -> Optional[str]:
+        """Ask the process for a tracemalloc snapshot (SIGUSR2); returns its path, None if not traced."""
+        if not self.snap_prefix:
+            return None
+        self.snaps += 1
+        path = f"{self.snap_prefix}-{self.snaps}.snap"
+        os.kill(self.pid, signal.SIGUSR2)
+        deadline = time.monotonic() + 30
+        while not os.path.exists(path):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.label}: no tracemalloc snapshot after 30 s")
+            time.sleep(0.05)
+        return path
 
     @property
     def pid(self) -> int:
@@ -467,20 +530,21 @@ class Proxy:
 
     @classmethod
     def ours(cls, role: str, args: List[str], *, loop: str, backend: str, cprofile: Optional[str], label: str,
-             optimize: bool = False) -> "Proxy":
+             optimize: bool = False, tracemalloc: Optional[str] = None) -> "Proxy":
         self = cls("ours", role, label)
         extra: Dict[str, str] = {}
+        if tracemalloc:
+            self.snap_prefix = os.path.join(tracemalloc, label)
+            extra["VMESS_BENCH_TRACEMALLOC"] = self.snap_prefix
         if backend == "pure":
             extra["VMESS_NO_EXTENSIONS"] = "1"
         if loop == "asyncio":
             extra["VMESS_BENCH_NO_UVLOOP"] = "1"
         if cprofile:
             extra["VMESS_BENCH_CPROFILE"] = cprofile
+        extra["VMESS_BENCH_TMP"] = self.tmp
         py = [sys.executable, *(["-O"] if optimize else [])]
-        if extra.keys() - {"VMESS_NO_EXTENSIONS"}:
-            cmd = [*py, "-c", _BOOT, role, *args]
-        else:
-            cmd = [*py, "-m", "vmess", role, *args]
+        cmd = [*py, "-c", _BOOT, role, *args]  # the boot adds the profiling and tracemalloc hooks
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
                                      env=child_env(extra), start_new_session=True)
@@ -612,7 +676,7 @@ def start_path(cfg: Config, opts: argparse.Namespace) -> Iterator[Tuple[int, Lis
             extra_args = (["--cert", cert.cert, "--key", cert.key] if cert else []) + (["--ws-path", WS_PATH] if ws else [])
             server = Proxy.ours("server", ["--listen", f"{LOOPBACK}:0", "--user", user, "--grace", "1", *extra_args],
                                 loop=cfg.loop, backend=opts.backend, cprofile=prof("server"), label="ours-server",
-                                optimize=opts.optimize)
+                                optimize=opts.optimize, tracemalloc=opts.tracemalloc)
         else:
             streams = None
             if cfg.transport != "tcp":
@@ -631,7 +695,8 @@ def start_path(cfg: Config, opts: argparse.Namespace) -> Iterator[Tuple[int, Lis
             if tls:
                 link += "&security=tls&sni=localhost&allowInsecure=1"
             client = Proxy.ours("client", [link, "--listen", f"{LOOPBACK}:0"], loop=cfg.loop, backend=opts.backend,
-                                cprofile=prof("client"), label="ours-client", optimize=opts.optimize)
+                                cprofile=prof("client"), label="ours-client", optimize=opts.optimize,
+                                tracemalloc=opts.tracemalloc)
         else:
             streams = None
             if cfg.transport != "tcp":
@@ -812,31 +877,62 @@ def run_conn(res: Result, socks: int, procs: List[Proxy], opts: argparse.Namespa
 
 
 def run_idle(res: Result, socks: int, procs: List[Proxy], opts: argparse.Namespace) -> None:
-    """RSS growth of each proxy process while --idle sessions are held open (after a handshake and 1 byte each)."""
+    """Memory of each proxy process per idle session (--idle sessions after a handshake and 1 byte each).
+
+    Pass 1: RSS growth, read 0.5 s and IDLE_SETTLE s after the last session opened. Pass 2 (our processes): the
+    same sessions again with tracemalloc on from just before they open, read after IDLE_SETTLE s: the bytes the
+    live sessions hold (RSS keeps freed memory, so it shows the peak while they were opening; tracemalloc shows
+    what stays). Tracing is off during pass 1, whose RSS would otherwise include tracemalloc's own tables.
+    """
     echo = Helper("echo")
     holder: Optional[Helper] = None
+
+    def hold() -> Dict[str, Any]:
+        nonlocal holder
+        holder = Helper("idle", socks, echo_port, opts.idle, stdin=True)
+        out = holder.result(max(120.0, opts.idle / 10))
+        if out["failures"] > opts.idle // 100:  # a stray timeout among 1000 sessions is noted, not fatal
+            raise RuntimeError(f"{out['failures']} of {opts.idle} sessions failed ({out['error']})")
+        return out
+
+    def release() -> None:
+        nonlocal holder
+        assert holder is not None and holder.proc.stdin is not None
+        holder.proc.stdin.write(b"\n")
+        holder.proc.stdin.flush()
+        holder.proc.wait(60)
+        holder = None
+
     try:
         echo_port = echo.result(30)["port"]
         Helper("conns", socks, echo_port, 20).wait(120)  # warm-up: imports, first allocations
         time.sleep(0.3)
         rss0 = [proc_rss_kib(p.pid) for p in procs]
-        holder = Helper("idle", socks, echo_port, opts.idle, stdin=True)
-        out = holder.result(max(120.0, opts.idle / 10))
-        if out["failures"] > opts.idle // 100:  # a stray timeout among 1000 sessions is noted, not fatal
-            res.error = f"{out['failures']} of {opts.idle} sessions failed ({out['error']})"
-        else:
-            time.sleep(0.5)  # let the proxies settle (timers, deferred frees)
-            run: Dict[str, Any] = {"sessions": out["opened"], "failures": out["failures"], "error": out["error"]}
-            for p, before in zip(procs, rss0):
-                after = proc_rss_kib(p.pid)
-                run[f"{p.role}_rss_kib_before"] = before
-                run[f"{p.role}_rss_kib_after"] = after
-                run[f"{p.role}_kib_per_session"] = (after - before) / out["opened"]
-            res.runs.append(run)
-        assert holder.proc.stdin is not None
-        holder.proc.stdin.write(b"\n")
-        holder.proc.stdin.flush()
-        holder.proc.wait(60)
+        snaps0 = [p.snapshot() for p in procs]
+        out = hold()
+        run: Dict[str, Any] = {"sessions": out["opened"], "failures": out["failures"], "error": out["error"]}
+        time.sleep(0.5)
+        for p, before in zip(procs, rss0):
+            run[f"{p.role}_kib_per_session_fresh"] = (proc_rss_kib(p.pid) - before) / out["opened"]
+        time.sleep(IDLE_SETTLE - 0.5)
+        for p, before in zip(procs, rss0):
+            after = proc_rss_kib(p.pid)
+            run[f"{p.role}_rss_kib_before"] = before
+            run[f"{p.role}_rss_kib_after"] = after
+            run[f"{p.role}_kib_per_session"] = (after - before) / out["opened"]
+        for p, snap0 in zip(procs, snaps0):
+            if snap0:
+                print_tracemalloc_diff(p.label, snap0, p.snapshot() or "", out["opened"])
+        release()
+        tracing = [p for p in procs if p.traced(start=True) is not None]
+        if tracing:
+            time.sleep(1.0)  # the closed sessions are gone before tracing counts anything
+            out = hold()
+            time.sleep(IDLE_SETTLE)
+            for p in tracing:
+                run[f"{p.role}_traced_kib_per_session"] = (p.traced(start=False) or 0) / 1024 / out["opened"]
+            release()
+        res.runs.append(run)
     except Exception as exc:  # noqa: BLE001
         res.error = f"{type(exc).__name__}: {exc}"
         for p in procs:
@@ -845,6 +941,22 @@ def run_idle(res: Result, socks: int, procs: List[Proxy], opts: argparse.Namespa
         if holder is not None:
             holder.stop()
         echo.stop()
+
+
+def print_tracemalloc_diff(label: str, before: str, after: str, sessions: int, top: int = 25) -> None:
+    """What the held sessions allocated, by source line and by innermost-first traceback, per session."""
+    import tracemalloc
+
+    old, new = tracemalloc.Snapshot.load(before), tracemalloc.Snapshot.load(after)
+    total = sum(d.size_diff for d in new.compare_to(old, "filename"))
+    print(f"\n== tracemalloc {label}: {total / sessions:.0f} B per idle session traced by Python "
+          f"({sessions} sessions; RSS also holds what C code, the loop and malloc keep outside tracemalloc)")
+    for d in new.compare_to(old, "lineno")[:top]:
+        if d.size_diff <= 0:
+            break
+        fr = d.traceback[0]
+        print(f"  {d.size_diff / sessions:8.0f} B {d.count_diff / sessions:6.2f} blocks  "
+              f"{os.path.relpath(fr.filename, ROOT) if fr.filename.startswith(str(ROOT)) else fr.filename}:{fr.lineno}")
 
 
 # ============================================================================================ report
@@ -913,11 +1025,19 @@ def print_tables(results: List[Result], opts: argparse.Namespace) -> None:
     idle = [r for r in results if r.workload == "idle" and r.cfg.pair != "direct"]
     if idle:
         print(f"\nIdle sessions: {opts.idle} held open (each after a SOCKS5 handshake and 1 byte echoed); "
-              f"RSS growth of each process per session")
-        print(f"{'cipher':<18} {'client/server':<22} {'client KiB/session':>19} {'server KiB/session':>19}")
+              f"RSS growth of each process per session, {IDLE_SETTLE:g} s after the last one opened "
+              f"(in brackets: after 0.5 s, before our proxies park quiet sessions)")
+        print("and, for our processes, what tracemalloc still holds per session after the same wait "
+              "(a second batch, traced from just before it opened)")
+        print(f"{'cipher':<18} {'client/server':<22} {'client KiB/session':>19} {'server KiB/session':>19}"
+              f" {'client traced':>14} {'server traced':>14}")
         for r in idle:
-            print(f"{r.cfg.label:<18} {r.cfg.name:<22} {_f(r.median('client_kib_per_session'), '19.2f')} "
-                  f"{_f(r.median('server_kib_per_session'), '19.2f')}"
+            print(f"{r.cfg.label:<18} {r.cfg.name:<22} {_f(r.median('client_kib_per_session'), '10.2f')} "
+                  f"({_f(r.median('client_kib_per_session_fresh'), '5.2f')}) "
+                  f"{_f(r.median('server_kib_per_session'), '10.2f')} "
+                  f"({_f(r.median('server_kib_per_session_fresh'), '5.2f')})"
+                  f" {_f(r.median('client_traced_kib_per_session'), '14.2f')}"
+                  f" {_f(r.median('server_traced_kib_per_session'), '14.2f')}"
                   + "".join(f"  ({run['failures']} failed: {run['error']})" for run in r.runs if run.get("failures"))
                   + (f"  FAILED: {r.error.splitlines()[0]}" if r.error else ""))
     print_targets(results)
@@ -949,10 +1069,12 @@ def print_targets(results: List[Result]) -> None:
             verdict = "met" if ratio >= 1.0 else f"missed by {100 * (1 - ratio):.1f}%"
             lines.append(f"  ours{tag}: {label:<38} {ratio:5.2f}x  {verdict}")
         for side in ("client", "server"):
-            kib = med("idle", "ours", "aes-128-gcm", loop, f"{side}_kib_per_session")
-            if kib is not None:
-                verdict = "met" if kib <= 4.0 else f"missed: {kib / 4.0:.1f}x the budget"
-                lines.append(f"  ours{tag}: {side} memory per idle session <= 4 KiB (RSS)  {kib:5.2f} KiB  {verdict}")
+            for how, key in (("tracemalloc", f"{side}_traced_kib_per_session"), ("RSS", f"{side}_kib_per_session")):
+                kib = med("idle", "ours", "aes-128-gcm", loop, key)
+                if kib is not None:
+                    verdict = "met" if kib <= 4.0 else f"missed: {kib / 4.0:.1f}x the budget"
+                    lines.append(f"  ours{tag}: {side} memory per idle session <= 4 KiB ({how})".ljust(60)
+                                 + f"{kib:5.2f} KiB  {verdict}")
     if lines:
         print("\nIssue 7 targets (ratios from this run; the stretch goal, 1.2x the fastest Go peer, needs Xray or "
               "sing-box, not installed here)")
@@ -1117,6 +1239,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--json", metavar="FILE", help="also write every run's figures as JSON")
     p.add_argument("--cprofile", metavar="DIR", help="run our processes under cProfile; print top-15 tables")
     p.add_argument("--py-spy", metavar="DIR", help="attach py-spy to our processes during the timed runs")
+    p.add_argument("--tracemalloc", metavar="DIR", help="idle workload: tracemalloc snapshots of our processes "
+                   "before and after the sessions open; prints what they allocated per session")
     p.add_argument("--strace", metavar="DIR", help="attach `strace -c -f` to every proxy during the timed runs and "
                    "print syscalls per connection / per MiB")
     opts = p.parse_args(argv)
@@ -1179,7 +1303,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     from tests.interop.v2ray import v2ray_available
 
-    for d in (opts.cprofile, opts.py_spy, opts.strace):
+    for d in (opts.cprofile, opts.py_spy, opts.strace, opts.tracemalloc):
         if d:
             os.makedirs(d, exist_ok=True)
     if opts.py_spy and not shutil.which("py-spy"):
