@@ -348,3 +348,19 @@ def test_parked_sessions_hold_less_memory(loop_kind: str) -> None:
     assert parks == 50
     # each of the 4 transports (local proxy: 2, server: 2) costs about 1.2 KB with its socket objects
     assert freed / 50 > 3000, freed / 50
+
+
+def test_cli_park_idle_option_reaches_the_server_settings(tmp_path: Any) -> None:
+    from vmess.cli import _server_settings, build_parser
+
+    user = str(UID)
+    args = build_parser().parse_args(["server", "--user", user, "--park-idle", "0"])
+    assert _server_settings(args)["park_idle"] == 0.0
+    config = tmp_path / "server.json"
+    config.write_text('{"users": [{"id": "%s"}], "timeouts": {"park": 2.5}}' % user)
+    args = build_parser().parse_args(["server", "--config", str(config)])
+    assert _server_settings(args)["park_idle"] == 2.5
+    args = build_parser().parse_args(["server", "--user", user])
+    assert "park_idle" not in _server_settings(args)  # start_server's default (PARK_AFTER)
+    args = build_parser().parse_args(["client", "vmess://%s@127.0.0.1:1?encryption=none" % user, "--park-idle", "3"])
+    assert args.park_idle == 3.0

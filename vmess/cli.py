@@ -122,6 +122,10 @@ def _server_settings(args: argparse.Namespace) -> Dict[str, Any]:
         settings["handshake_timeout"] = float(timeouts["handshake"])
     if "idle" in timeouts:
         settings["idle_timeout"] = float(timeouts["idle"])
+    if "park" in timeouts:
+        settings["park_idle"] = float(timeouts["park"])
+    if args.park_idle is not None:
+        settings["park_idle"] = args.park_idle
     from .transport.options import server_transport_options  # ssl= / websocket= from --cert/--key/--ws-* and "tls"/"ws"
 
     settings.update(server_transport_options(
@@ -177,7 +181,8 @@ async def _client(args: argparse.Namespace) -> int:
             raise UsageError("--auth: expected USER:PASS")
         auth = (user, password)
     try:
-        proxy = await start_local_proxy(link, host, port, auth=auth, clock_offset=args.clock_offset)
+        proxy = await start_local_proxy(link, host, port, auth=auth, clock_offset=args.clock_offset,
+                                        **({} if args.park_idle is None else {"park_idle": args.park_idle}))
     except OSError as exc:
         print(f"vmess client: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
         return EXIT_FAILED
@@ -278,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auth", metavar="USER:PASS", help="require SOCKS5 username/password and HTTP proxy Basic auth")
     p.add_argument("--clock-offset", type=float, default=0.0, metavar="SECONDS",
                    help="add SECONDS to this machine's clock when stamping requests (servers allow +-120 s)")
+    p.add_argument("--park-idle", type=float, metavar="SECONDS",
+                   help="seconds without traffic before a TCP session parks its sockets to save memory (default 1; 0 = never)")
 
     p = sub.add_parser("server", help="VMess inbound with a direct outbound")
     p.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:10086, or the config file's)")
@@ -286,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE", help="JSON: listen, users [{id, alterId, name}], policy, timeouts, tls, ws")
     p.add_argument("--block-private", action="store_true", help="refuse private, loopback and link-local targets")
     p.add_argument("--grace", type=float, default=5.0, help="seconds to let sessions finish on stop (default 5)")
+    p.add_argument("--park-idle", type=float, metavar="SECONDS",
+                   help="seconds without traffic before a TCP session parks its sockets to save memory (default 1, config: timeouts.park; 0 = never)")
     p.add_argument("--cert", metavar="FILE", help="serve TLS with this PEM certificate chain (config: tls.cert)")
     p.add_argument("--key", metavar="FILE", help="PEM private key for --cert (config: tls.key)")
     p.add_argument("--ws-path", metavar="PATH", help="serve WebSocket on this path (config: ws.path)")
