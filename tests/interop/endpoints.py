@@ -181,9 +181,9 @@ class TcpEcho(_Endpoint):
             data = conn.recv(RECV_SIZE)
             if not data:
                 break
-            conn.sendall(data)
-            with self._lock:
+            with self._lock:  # counted before it is sent: a client that got it all back sees the full count
                 self.bytes_echoed += len(data)
+            conn.sendall(data)
         conn.shutdown(socket.SHUT_WR)
 
 
