@@ -876,7 +876,8 @@ cdef class _Body:
     cdef uint8_t lenplain[2]
     # Reusable buffer exporters handed to the cipher calls: _vn for a nonce, _vin for input, _vout for output.
     # (Three small _Buf objects instead of a memoryview per field: a memoryview costs ~250 bytes with its
-    # managed buffer, and every open connection has a reader and a writer.)
+    # managed buffer, and every open connection has a reader and a writer. With AEAD they come and go with the
+    # cipher objects, so a resting connection holds none; CFB keeps them, its stream cannot be released.)
     cdef _Buf _vn, _vin, _vout
 
     cdef int _setup(self, object security, object options, object key, object iv, object req_key,
@@ -900,9 +901,6 @@ cdef class _Body:
         self.len_nonce[1] = 0
         self.counter = 0
         self.len_counter = 0
-        self._vn = _new_buf(True)
-        self._vin = _new_buf(True)
-        self._vout = _new_buf(False)
         self.cfb = cfb
         self.aead = False
         if self.security == C_SEC_GCM or self.security == C_SEC_CHACHA:
@@ -919,13 +917,22 @@ cdef class _Body:
             self.overhead = 0
         if self.cfb is not None:
             self._cfb_update_into = self.cfb.update_into
+            self._new_bufs()
         self.has_shake = self.chunked and (self.options & (C_OPT_M | C_OPT_P)) != 0
         if self.has_shake:
             vm_shake128_init(&self.shake, <const uint8_t *>PyBytes_AS_STRING(ivb), 16)
         return 0
 
+    cdef int _new_bufs(self) except -1:
+        self._vn = _new_buf(True)
+        self._vin = _new_buf(True)
+        self._vout = _new_buf(False)
+        return 0
+
     cdef int _open_ciphers(self) except -1:
         """Make the AEAD objects (each holds OpenSSL contexts, ~2 KiB) from the kept key material."""
+        if self._vn is None:
+            self._new_bufs()
         if self.security == C_SEC_GCM:
             self._aead_obj = AESGCM(self._aead_key)
             if self.opt_a:
@@ -939,6 +946,7 @@ cdef class _Body:
     cdef void _release_ciphers(self) noexcept:
         self._aead_obj = None
         self._len_aead_obj = None
+        self._vn = self._vin = self._vout = None
 
     cdef inline void next_nonce(self) noexcept:
         _be16(self.nonce, self.counter)
