@@ -364,3 +364,38 @@ def test_cli_park_idle_option_reaches_the_server_settings(tmp_path: Any) -> None
     assert "park_idle" not in _server_settings(args)  # start_server's default (PARK_AFTER)
     args = build_parser().parse_args(["client", "vmess://%s@127.0.0.1:1?encryption=none" % user, "--park-idle", "3"])
     assert args.park_idle == 3.0
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_local_proxy_close_ends_parked_sessions(loop_kind: str) -> None:
+    """Closing the local proxy ends parked relays at once: accounted, forgotten, descriptors closed."""
+
+    async def main() -> None:
+        dest = await asyncio.start_server(echo, "127.0.0.1", 0)
+        server = await start_server([UID], park_idle=PARK)
+        fds_before = open_fds()
+        proxy = await start_local_proxy((("127.0.0.1", server.port), VmessConfig.new(UID)), port=0, park_idle=PARK)
+        streams = []
+        try:
+            for _ in range(3):
+                reader, writer = await socks_stream(proxy, dest.sockets[0].getsockname()[1])
+                writer.write(b"q")
+                assert await reader.readexactly(1) == b"q"
+                streams.append((reader, writer))
+            lot = lot_of(proxy)
+            await wait_until(lambda: lot.parked_total == 3)
+            proxy.close()
+            await asyncio.wait_for(proxy.wait_closed(), 10)
+            assert proxy.stats.active == 0 and not proxy._live and len(lot) == 0
+            for reader, writer in streams:
+                assert await asyncio.wait_for(reader.read(), 10) == b""  # the local client sees the close
+                writer.close()
+            await wait_until(lambda: server.stats.sessions_active == 0)  # and the server's sessions end too
+            await wait_until(lambda: open_fds() <= fds_before + 1)  # +1: the server's epoll set, made at its first park
+        finally:
+            proxy.close()
+            server.close()
+            await server.wait_closed()
+            dest.close()
+
+    run(loop_kind, main())

@@ -791,6 +791,7 @@ class _Session(asyncio.BufferedProtocol):
             old_protocol.session = None  # type: ignore[assignment]
         self.transport = self.upstream = None
         self.server.stats.parks += 1
+        log.debug("session %d: quiet, parked", self.id)
         return True
 
     def wake(self) -> None:
@@ -800,6 +801,7 @@ class _Session(asyncio.BufferedProtocol):
             return
         self.server._parking.release(fds)  # type: ignore[union-attr]
         self.server.stats.wakes += 1
+        log.debug("session %d: woken", self.id)
         self._unpark_task = self.loop.create_task(self._unpark())
 
     async def _unpark(self) -> None:
