@@ -36,17 +36,12 @@ v2ray 4.34 behaviour worth knowing when writing interop tests (measured):
 
 from __future__ import annotations
 
-import atexit
-import json
 import os
 import shutil
-import socket
-import subprocess
-import tempfile
-import threading
-import time
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+from .peer_process import LOOPBACK, PeerError, PeerProcess, free_port, port_accepts, require_peer
 
 __all__ = [
     "V2RAY_BIN",
@@ -68,8 +63,6 @@ V2RAY_BIN: str = os.environ.get("VMESS_V2RAY_BIN") or shutil.which("v2ray") or "
 #: accepted.  4.34 already defaults to accepting them; this is a safety net.
 V2RAY_ENV: dict[str, str] = {"V2RAY_VMESS_AEAD_FORCED": "false"}
 
-LOOPBACK = "127.0.0.1"
-
 
 def v2ray_available() -> bool:
     """True if :data:`V2RAY_BIN` is an executable file."""
@@ -78,28 +71,12 @@ def v2ray_available() -> bool:
 
 def require_v2ray() -> str:
     """Return :data:`V2RAY_BIN`, or skip the test (fail it with VMESS_REQUIRE_V2RAY=1)."""
-    if v2ray_available():
-        return V2RAY_BIN
-    import pytest
-
-    msg = f"v2ray binary not found at {V2RAY_BIN}; install Debian's v2ray package"
-    if os.environ.get("VMESS_REQUIRE_V2RAY") == "1":
-        pytest.fail(msg + " (VMESS_REQUIRE_V2RAY=1)", pytrace=False)
-    pytest.skip(msg)
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def free_port(kind: str = "tcp") -> int:
-    """An OS-chosen free port on 127.0.0.1 (bind to port 0, then close)."""
-    if kind == "tcp":
-        stype = socket.SOCK_STREAM
-    elif kind == "udp":
-        stype = socket.SOCK_DGRAM
-    else:
-        raise ValueError(f"kind must be 'tcp' or 'udp', not {kind!r}")
-    with socket.socket(socket.AF_INET, stype) as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
+    require_peer(
+        v2ray_available(),
+        f"v2ray binary not found at {V2RAY_BIN}; install Debian's v2ray package",
+        env_vars=("VMESS_REQUIRE_V2RAY",),
+    )
+    return V2RAY_BIN
 
 
 # --------------------------------------------------------------------------
@@ -247,31 +224,14 @@ def _tcp_inbound_ports(config: Mapping[str, Any]) -> list[int]:
 
 
 # --------------------------------------------------------------------------
-# process management
+# process management (the shared part lives in peer_process.py)
 
 
-class V2RayError(RuntimeError):
+class V2RayError(PeerError):
     """v2ray failed to start (exited, or its ports never opened)."""
 
 
-_live: set["V2RayProcess"] = set()
-_live_lock = threading.Lock()
-
-
-def _stop_all() -> None:
-    with _live_lock:
-        procs = list(_live)
-    for proc in procs:
-        try:
-            proc.stop()
-        except Exception:  # pragma: no cover - best effort at interpreter exit
-            pass
-
-
-atexit.register(_stop_all)
-
-
-class V2RayProcess:
+class V2RayProcess(PeerProcess):
     """One v2ray process running ``config``.
 
     Use as a context manager (``with V2RayProcess(cfg) as v: ...``) or call
@@ -282,6 +242,9 @@ class V2RayProcess:
     :meth:`log_tail` / :attr:`log_text` afterwards.
     """
 
+    error_class = V2RayError
+    log_name = "v2ray.log"
+
     def __init__(
         self,
         config: Mapping[str, Any],
@@ -291,171 +254,30 @@ class V2RayProcess:
         env: Mapping[str, str] | None = None,
         name: str = "v2ray",
     ) -> None:
-        self.config: dict[str, Any] = json.loads(json.dumps(config))  # deep copy
         self.binary = binary or V2RAY_BIN
-        self.startup_timeout = startup_timeout
-        self.extra_env = dict(env or {})
-        self.name = name
-        self.tcp_ports: list[int] = _tcp_inbound_ports(self.config)
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._tmpdir: str | None = None
-        self._log_path: str | None = None
-        self._log_file: Any = None
-        self._final_log: str | None = None
-        self.returncode: int | None = None  # set by stop()
+        super().__init__(config, startup_timeout=startup_timeout, env=env, name=name)
 
-    # -- lifecycle -----------------------------------------------------
+    def command(self, config_path: str) -> list[str]:
+        return [self.binary, "-config", config_path]
+
+    def listen_ports(self, config: Mapping[str, Any]) -> list[int]:
+        return _tcp_inbound_ports(config)
+
+    def base_env(self) -> dict[str, str]:
+        return dict(V2RAY_ENV)
 
     def start(self) -> "V2RayProcess":
-        if self.proc is not None:
-            raise RuntimeError(f"{self.name} already started")
-        # Readiness is "the port accepts": a port someone else already
-        # listens on would look ready at once, so refuse it up front.
-        busy = [p for p in self.tcp_ports if _accepts(p)]
-        if busy:
-            raise V2RayError(f"{self.name}: TCP port(s) {busy} on {LOOPBACK} already in use")
-        self._final_log = None
-        self._tmpdir = tempfile.mkdtemp(prefix=f"vmess-{self.name}-")
-        config_path = os.path.join(self._tmpdir, "config.json")
-        self._log_path = os.path.join(self._tmpdir, "v2ray.log")
-        with open(config_path, "w", encoding="utf-8") as f:
-            json.dump(self.config, f, indent=2)
-        self._log_file = open(self._log_path, "wb")
-        env = dict(os.environ)
-        env.update(V2RAY_ENV)
-        env.update(self.extra_env)
-        try:
-            self.proc = subprocess.Popen(
-                [self.binary, "-config", config_path],
-                stdin=subprocess.DEVNULL,
-                stdout=self._log_file,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=self._tmpdir,
-                start_new_session=True,  # no terminal signals from the test run
-            )
-        except BaseException:
-            self._cleanup_files()
-            raise
-        with _live_lock:
-            _live.add(self)
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
+        super().start()
         return self
-
-    def _wait_ready(self) -> None:
-        assert self.proc is not None
-        deadline = time.monotonic() + self.startup_timeout
-        pending = list(self.tcp_ports)
-        while True:
-            rc = self.proc.poll()
-            if rc is not None:
-                raise V2RayError(
-                    f"{self.name} exited with status {rc} during startup "
-                    f"(config ports {self.tcp_ports});\n--- log tail ---\n{self.log_tail()}"
-                )
-            pending = [p for p in pending if not _accepts(p)]
-            if not pending:
-                return
-            if time.monotonic() >= deadline:
-                raise V2RayError(
-                    f"{self.name} did not open TCP port(s) {pending} within "
-                    f"{self.startup_timeout:.1f}s;\n--- log tail ---\n{self.log_tail()}"
-                )
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None:
-            try:
-                if proc.poll() is None:
-                    proc.terminate()
-                    try:
-                        proc.wait(timeout=5)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                proc.wait()  # always reap
-            finally:
-                self.returncode = proc.returncode
-                with _live_lock:
-                    _live.discard(self)
-        self._cleanup_files()
-
-    def _cleanup_files(self) -> None:
-        if self._log_file is not None:
-            try:
-                self._log_file.close()
-            finally:
-                self._log_file = None
-        if self._log_path is not None:
-            self._final_log = self._read_log()
-            self._log_path = None
-        if self._tmpdir is not None:
-            shutil.rmtree(self._tmpdir, ignore_errors=True)
-            self._tmpdir = None
 
     def __enter__(self) -> "V2RayProcess":
         return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def __del__(self) -> None:  # last resort; the atexit hook covers the rest
-        try:
-            if self.proc is not None:
-                self.stop()
-        except Exception:
-            pass
-
-    # -- inspection ------------------------------------------------------
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
 
     @property
     def port(self) -> int:
         """The first inbound's port."""
         return int(self.config["inbounds"][0]["port"])
 
-    def _read_log(self) -> str:
-        if self._log_path is None:
-            return self._final_log or ""
-        if self._log_file is not None:
-            try:
-                self._log_file.flush()
-            except (OSError, ValueError):
-                pass
-        try:
-            with open(self._log_path, "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
-
-    @property
-    def log_text(self) -> str:
-        """The whole log (stdout + stderr) so far."""
-        return self._read_log()
-
-    def log_tail(self, lines: int = 40) -> str:
-        """The last ``lines`` lines of the log."""
-        return "\n".join(self._read_log().splitlines()[-lines:])
-
-    def __repr__(self) -> str:
-        state = "running" if self.running else "stopped"
-        return f"<V2RayProcess {self.name} pid={self.pid} ports={self.tcp_ports} {state}>"
-
 
 def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection((LOOPBACK, port), timeout=0.2):
-            return True
-    except OSError:
-        return False
+    return port_accepts(port)
