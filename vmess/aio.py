@@ -66,6 +66,7 @@ class _ClientProtocol(asyncio.Protocol):
         self._paused = False
         self._drain_waiters: Deque[asyncio.Future[None]] = collections.deque()
         self._header_timer: Optional[asyncio.TimerHandle] = None
+        self._ended = False  # the server's stream ended cleanly (end marker or FIN): the reader has all of it
 
     # --- asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -88,6 +89,7 @@ class _ClientProtocol(asyncio.Protocol):
                 else:
                     self.reader.feed_data(event.data)
             elif isinstance(event, StreamEnded):
+                self._ended = True
                 self.reader.feed_eof()
                 self._wake_datagrams()
 
@@ -97,6 +99,7 @@ class _ClientProtocol(asyncio.Protocol):
         except VmessError as exc:
             self._fail(exc)
             return False
+        self._ended = True
         self.reader.feed_eof()
         self._wake_datagrams()
         return True  # keep our sending side open: a half-closed TCP connection may still carry requests
@@ -108,9 +111,12 @@ class _ClientProtocol(asyncio.Protocol):
             self.exception = exc
         if not self.conn.received_eof and self.exception is None:
             self.exception = TruncatedError("connection lost before the server ended its stream")
-        if self.exception is not None:
+        if self.exception is not None and not self._ended:
             self.reader.set_exception(self.exception)
         else:
+            # After a clean end of the server's stream, a later transport error (typically EPIPE/ECONNRESET from
+            # our own closing handshake once the peer has gone, e.g. Xray over ws+tls) loses no data: the reader
+            # keeps its bytes and EOF. Writes and drain() still raise it.
             self.reader.feed_eof()
         self.conn.close()
         self._wake_datagrams()
