@@ -1,4 +1,4 @@
-"""Fixtures for interop tests against a real v2ray (see v2ray.py / endpoints.py)."""
+"""Fixtures for interop tests against real peers: v2ray (v2ray.py), sing-box (singbox.py), Xray (xray.py); endpoints.py."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ from typing import Any
 import pytest
 
 from .endpoints import TcpEcho, TcpSink, UdpEcho
+from .peer_process import PeerProcess
+from .singbox import require_singbox
 from .v2ray import V2RayProcess, require_v2ray
+from .xray import require_xray
 
 _HERE = Path(__file__).resolve().parent
 
@@ -25,6 +28,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def v2ray_bin() -> str:
     """Path of the v2ray binary; skips (or fails, VMESS_REQUIRE_V2RAY=1) if absent."""
     return require_v2ray()
+
+
+@pytest.fixture(scope="session")
+def singbox_bin() -> str:
+    """Path of the sing-box binary; skips (or fails, VMESS_REQUIRE_PEERS=1) if absent."""
+    return require_singbox()
+
+
+@pytest.fixture(scope="session")
+def xray_python() -> str:
+    """The interpreter that runs Xray (``xray`` importable); skips (or fails, VMESS_REQUIRE_PEERS=1) if absent."""
+    return require_xray()
 
 
 @pytest.fixture
@@ -77,21 +92,21 @@ def v2ray_factory(v2ray_bin: str) -> Iterator[V2RayFactory]:
             raise errors[0]
 
 
-def _processes_of(item: pytest.Item) -> list[V2RayProcess]:
-    """v2ray processes a test used: V2RayProcess fixtures, and fixtures
+def _processes_of(item: pytest.Item) -> list[PeerProcess]:
+    """Peer processes (v2ray, sing-box, Xray) a test used: process fixtures, and fixtures
     exposing a ``processes`` list (v2ray_factory, or a test's own objects)."""
-    found: list[V2RayProcess] = []
+    found: list[PeerProcess] = []
     for value in getattr(item, "funcargs", {}).values():
-        candidates = [value] if isinstance(value, V2RayProcess) else getattr(value, "processes", [])
+        candidates = [value] if isinstance(value, PeerProcess) else getattr(value, "processes", [])
         for proc in candidates if isinstance(candidates, list) else []:
-            if isinstance(proc, V2RayProcess) and all(proc is not p for p in found):
+            if isinstance(proc, PeerProcess) and all(proc is not p for p in found):
                 found.append(proc)
     return found
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
-    """On failure, attach each involved v2ray's log tail to the report."""
+    """On failure, attach each involved peer's log tail (UUIDs masked) to the report."""
     report = yield
     if report.failed:
         for proc in _processes_of(item):
