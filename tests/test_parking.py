@@ -399,3 +399,48 @@ def test_local_proxy_close_ends_parked_sessions(loop_kind: str) -> None:
             dest.close()
 
     run(loop_kind, main())
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_many_sessions_parking_and_waking_at_random_lose_nothing(loop_kind: str) -> None:
+    """20 sessions through the local proxy and the server, with pauses that let them rest and park between uneven writes
+    (some sessions still mid-transfer while others park and wake): every echoed byte comes back in order."""
+    import random
+
+    async def session(proxy: LocalProxy, port: int, seed: int) -> int:
+        rnd = random.Random(seed)
+        reader, writer = await socks_stream(proxy, port)
+        total = 0
+        try:
+            for _ in range(6):
+                payload = rnd.randbytes(rnd.choice([1, 700, 20_000, 150_000]))
+                writer.write(payload)
+                got = await reader.readexactly(len(payload))
+                assert got == payload
+                total += len(payload)
+                await asyncio.sleep(rnd.choice([0.0, 0.03, 0.3, 0.45]))  # rest after 0.25 s, then park
+            writer.write_eof()
+            assert await reader.read() == b""
+        finally:
+            writer.close()
+        return total
+
+    async def main() -> None:
+        dest = await asyncio.start_server(echo, "127.0.0.1", 0)
+        server = await start_server([UID], park_idle=0.05)
+        proxy = await start_local_proxy((("127.0.0.1", server.port), VmessConfig.new(UID)), port=0, park_idle=0.05)
+        try:
+            port = dest.sockets[0].getsockname()[1]
+            totals = await asyncio.gather(*(session(proxy, port, seed) for seed in range(20)))
+            await wait_until(lambda: proxy.stats.active == 0 and server.stats.sessions_active == 0)
+            assert proxy.stats.failed == 0 and proxy.stats.bytes_down == sum(totals)
+            assert server.stats.ended == {"completed": 20}
+            assert server.stats.parks > 0 and lot_of(proxy).parked_total > 0  # the pauses did park sessions
+        finally:
+            proxy.close()
+            await proxy.wait_closed()
+            server.close()
+            await server.wait_closed()
+            dest.close()
+
+    run(loop_kind, main())
