@@ -403,8 +403,8 @@ def test_local_proxy_close_ends_parked_sessions(loop_kind: str) -> None:
 
 @pytest.mark.parametrize("loop_kind", LOOPS)
 def test_many_sessions_parking_and_waking_at_random_lose_nothing(loop_kind: str) -> None:
-    """20 sessions through the local proxy and the server, with pauses that let them rest and park between uneven writes
-    (some sessions still mid-transfer while others park and wake): every echoed byte comes back in order."""
+    """20 sessions through the local proxy and the server, with pauses that let them rest and park between uneven
+    writes (some mid-transfer while others park and wake): every echoed byte comes back, in order."""
     import random
 
     async def session(proxy: LocalProxy, port: int, seed: int) -> int:
