@@ -33,7 +33,8 @@ server:
   1-2 s later (about 2 s over plain TLS): each upload checked at the sink costs that.
 * Client: no alterId, and "none"/"zero" are no longer known: like any unknown name they become "auto" (GCM on
   x86_64/aarch64).  It always sends S|M|P, plus A with ``"experiments": "AuthenticatedLength"``, and sends the
-  end marker when its SOCKS client half-closes.
+  end marker when its SOCKS client half-closes.  The end of the server's stream reaches its SOCKS client only
+  about 1 s later (its downlink-only timeout).
 * Client UDP: turned into XUDP over command 3 (Mux) for every port but 53 and 443, which our server does not
   implement; with :data:`CONE_DISABLED` (``XRAY_CONE_DISABLED=true``) it sends plain command 2.
 * UDP datagrams above about 8 KiB fail in both roles (8 KiB buffers): the client's SOCKS inbound reads 8182 bytes
