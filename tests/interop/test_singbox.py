@@ -118,6 +118,7 @@ OUR_CLIENT_CASES = {
     "gcm-level-none": aead("aes-128-gcm", level="none"),  # S only: no masking, no padding
     "chacha": aead("chacha20-poly1305", level="standard"),  # S|M
     "chacha-A": aead("chacha20-poly1305", authenticated_length=True),
+    "chacha-S-A": aead("chacha20-poly1305", authenticated_length=True, level="none"),  # S|A: no masking, no padding
     "none": aead("none"),
     "zero": aead("zero"),
     "auto-high": aead("auto", level="high"),  # S|M|P|A with the CPU's choice of AEAD
