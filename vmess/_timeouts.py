@@ -6,7 +6,11 @@ import asyncio
 import sys
 from typing import Awaitable, Optional, TypeVar
 
-__all__ = ["timed"]
+__all__ = ["timed", "END_LINGER"]
+
+END_LINGER = 2.0
+"""Seconds a session over a transport that cannot half-close (TLS, WebSocket) stays open after one direction ended
+while the other is quiet; then it closes, so a peer that ignores VMess's end marker still sees the end."""
 
 _T = TypeVar("_T")
 

@@ -41,7 +41,7 @@ from typing import Any, Callable, Iterable, List, Optional, Set, Tuple, Union, c
 
 from ._parking import ParkingLot, reattach
 from ._sweep import PARK_AFTER, Sweeper
-from ._timeouts import timed
+from ._timeouts import END_LINGER, timed
 from .constants import Command
 from .errors import (
     AuthenticationError,
@@ -716,6 +716,19 @@ class _Session(asyncio.BufferedProtocol):
         transport = self.transport
         if transport is not None and not transport.is_closing() and transport.can_write_eof():
             transport.write_eof()  # half-close toward the client; keep reading what it still sends
+        if transport is not None and not getattr(transport, "half_closes", True) and self._timer is None:
+            self._timer = self.loop.call_later(END_LINGER, self._end_linger)
+
+    def _end_linger(self) -> None:
+        """TLS / WebSocket: the destination ended, the client has not; close once it is quiet (see END_LINGER)."""
+        self._timer = None
+        if self._finished:
+            return
+        quiet = self.loop.time() - self._last_activity
+        if quiet >= END_LINGER:
+            self._finish("destination_closed")
+        else:
+            self._timer = self.loop.call_later(END_LINGER - quiet, self._end_linger)
 
     def _upstream_lost(self, exc: Optional[Exception]) -> None:
         self._upstream_lost_seen = True

@@ -28,7 +28,7 @@ from typing import Any, Awaitable, Callable, List, Optional, Tuple
 
 from ._parking import reattach
 from ._sweep import Sweeper
-from ._timeouts import timed
+from ._timeouts import END_LINGER, timed
 from .aio import HEADER_DELAY
 from .config import VmessConfig
 from .errors import TruncatedError, VmessError
@@ -248,7 +248,7 @@ class LocalRelay(asyncio.BufferedProtocol):
     __slots__ = (
         "loop", "transport", "upstream", "_view", "_relaying", "_done", "_up_left", "_http", "_client_eof",
         "_down_eof", "_up_lost", "_up_full", "_local_paused", "_last_activity", "_resting", "_sweeper", "_closer",
-        "_parked", "_stale_losses", "_unpark_task",
+        "_parked", "_stale_losses", "_unpark_task", "_linger",
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, view: memoryview) -> None:
@@ -272,6 +272,7 @@ class LocalRelay(asyncio.BufferedProtocol):
         self._parked: Optional[List[int]] = None  # parked descriptors not yet reattached: [VMess, local]
         self._stale_losses = 0  # connection_lost calls still due from local transports given up when parking
         self._unpark_task: Optional[asyncio.Task[None]] = None
+        self._linger: Optional[asyncio.TimerHandle] = None  # see _end_linger
 
     # --- hooks for subclasses
     def handshake_data(self, data: memoryview) -> None:
@@ -473,7 +474,22 @@ class LocalRelay(asyncio.BufferedProtocol):
                 upstream.send_eof()
             except (VmessError, OSError, RuntimeError):
                 pass  # the VMess side is already gone: its own callbacks end the relay
+            else:
+                transport = upstream.transport
+                if transport is not None and not getattr(transport, "half_closes", True) and self._linger is None:
+                    self._linger = self.loop.call_later(END_LINGER, self._end_linger)
         self._maybe_end()
+
+    def _end_linger(self) -> None:
+        """TLS / WebSocket upstream: our client ended its direction, the server has not; close once it is quiet."""
+        self._linger = None
+        if self._done:
+            return
+        quiet = self.loop.time() - self._last_activity
+        if quiet >= END_LINGER:
+            self._finish(True, outcome="closed after the client's end (transport cannot half-close)")
+        else:
+            self._linger = self.loop.call_later(END_LINGER - quiet, self._end_linger)
 
     def _maybe_end(self) -> None:
         if self._down_eof and (self._http or self._client_eof or self._up_lost):
@@ -607,6 +623,9 @@ class LocalRelay(asyncio.BufferedProtocol):
         self._done = True
         if self._sweeper is not None:
             self._sweeper.forget(self)
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
         parked = self._parked is not None and self.transport is None  # the local side is a bare descriptor
         self._finish_parked()
         upstream = self.upstream

@@ -52,6 +52,11 @@ class StreamAdapter(asyncio.Transport):
         """Send several buffers as one write (one frame for WebSocket)."""
         self.write(b"".join(list_of_data))
 
+    half_closes = False
+    """TLS under asyncio and WebSocket cannot half-close: a direction ends with VMess's end marker only, which some
+    peers ignore (sing-box waits for a FIN or close_notify). Sessions over such transports close the connection once
+    the other direction is quiet for ``END_LINGER`` seconds after one direction ended (as V2Ray's policy does)."""
+
     def write_eof(self) -> None:
         """No-op: TLS under asyncio and WebSocket cannot half-close; VMess's end-of-stream chunk ends the direction."""
         self._relay.eof_written = True
