@@ -21,7 +21,7 @@ import select
 import socket
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-__all__ = ["ParkingLot", "can_park", "parking_supported", "reattach"]
+__all__ = ["ParkingLot", "can_park", "drop_parked", "parking_supported", "reattach"]
 
 log = logging.getLogger("vmess.parking")
 
@@ -163,6 +163,19 @@ class ParkingLot:
             if left:  # still registered: level-triggered epoll would call us again at once, forever
                 log.error("a woken session did not take its connections back; they stay out of the set")
                 self._forget(left)
+
+
+def drop_parked(lot: Optional[ParkingLot], fds: Sequence[int], unpark_task: Optional["asyncio.Task[Any]"]) -> bool:
+    """End parked connections that were not reattached: cancel the wake-up in progress (unless it is the caller),
+    take ``fds`` out of ``lot`` and close them. True if ``unpark_task`` was cancelled (the owner forgets it)."""
+    cancelled = False
+    if unpark_task is not None and unpark_task is not asyncio.current_task():
+        unpark_task.cancel()
+        cancelled = True
+    if lot is not None:
+        lot.release(fds)
+    ParkingLot.close_fds(fds)
+    return cancelled
 
 
 async def reattach(loop: asyncio.AbstractEventLoop, fd: int, protocol: asyncio.BaseProtocol) -> asyncio.BaseTransport:

@@ -39,7 +39,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, List, Optional, Set, Tuple, Union, cast
 
-from ._parking import ParkingLot, reattach
+from ._parking import drop_parked, reattach
 from ._sweep import PARK_AFTER, Sweeper
 from ._timeouts import END_LINGER, timed
 from .constants import Command
@@ -847,14 +847,8 @@ class _Session(asyncio.BufferedProtocol):
         fds, self._parked = self._parked, None
         if fds is None:
             return
-        task = self._unpark_task
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()
+        if drop_parked(self.server._parking, fds, self._unpark_task):
             self._unpark_task = None
-        lot = self.server._parking
-        if lot is not None:
-            lot.release(fds)
-        ParkingLot.close_fds(fds)
         if self.transport is None:
             self._client_lost = True
         if self.upstream is None:

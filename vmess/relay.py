@@ -26,7 +26,7 @@ import os
 import time
 from typing import Any, Awaitable, Callable, List, Optional, Tuple
 
-from ._parking import reattach
+from ._parking import drop_parked, reattach
 from ._sweep import Sweeper
 from ._timeouts import END_LINGER, timed
 from .aio import HEADER_DELAY
@@ -600,18 +600,8 @@ class LocalRelay(asyncio.BufferedProtocol):
         fds, self._parked = self._parked, None
         if fds is None:
             return
-        task = self._unpark_task
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()
+        if drop_parked(self._sweeper.parking if self._sweeper is not None else None, fds, self._unpark_task):
             self._unpark_task = None
-        sweeper = self._sweeper
-        if sweeper is not None and sweeper.parking is not None:
-            sweeper.parking.release(fds)
-        for fd in fds:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
 
     def abort_relay(self, outcome: str) -> None:
         """End the relay at once (proxy shutdown)."""

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .endpoints import TcpEcho, TcpSink, UdpEcho
+from .endpoints import TcpEcho, TcpSink, TcpSource, UdpEcho
 from .peer_process import PeerProcess
 from .singbox import require_singbox
 from .v2ray import V2RayProcess, require_v2ray
@@ -40,6 +41,28 @@ def singbox_bin() -> str:
 def xray_python() -> str:
     """The interpreter that runs Xray (``xray`` importable); skips (or fails, VMESS_REQUIRE_PEERS=1) if absent."""
     return require_xray()
+
+
+# Module-scoped endpoints shared by the sing-box and Xray tests (one per module, reused by its cases).
+
+
+@pytest.fixture(scope="module")
+def echo() -> Iterator[TcpEcho]:
+    with TcpEcho() as ep:
+        yield ep
+
+
+@pytest.fixture(scope="module")
+def uecho() -> Iterator[UdpEcho]:
+    with UdpEcho() as ep:
+        yield ep
+
+
+@pytest.fixture(scope="module")
+def download() -> Iterator[TcpSource]:
+    """A source that sends 2 MiB of random bytes to every connection."""
+    with TcpSource(os.urandom(2 * 1024 * 1024)) as ep:
+        yield ep
 
 
 @pytest.fixture

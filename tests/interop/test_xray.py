@@ -61,24 +61,6 @@ def grams() -> list[bytes]:
     return [os.urandom(n) for n in UDP_SIZES]
 
 
-@pytest.fixture(scope="module")
-def echo() -> Iterator[TcpEcho]:
-    with TcpEcho() as ep:
-        yield ep
-
-
-@pytest.fixture(scope="module")
-def uecho() -> Iterator[UdpEcho]:
-    with UdpEcho() as ep:
-        yield ep
-
-
-@pytest.fixture(scope="module")
-def download() -> Iterator[TcpSource]:
-    with TcpSource(os.urandom(BULK)) as ep:
-        yield ep
-
-
 # ----------------------------------------------------------------------------------------- our client -> Xray server
 
 
