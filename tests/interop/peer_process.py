@@ -23,6 +23,7 @@ Public API::
 from __future__ import annotations
 
 import atexit
+from dataclasses import dataclass, field
 import json
 import os
 import re
@@ -40,6 +41,7 @@ __all__ = [
     "LOOPBACK",
     "PeerError",
     "PeerProcess",
+    "RunningPeer",
     "free_port",
     "mask_uuids",
     "port_accepts",
@@ -334,3 +336,11 @@ class PeerProcess:
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"<{type(self).__name__} {self.name} pid={self.pid} ports={self.tcp_ports} {state}>"
+
+
+@dataclass
+class RunningPeer:
+    """A peer server a module's tests share: its port, and its processes (their logs go into failure reports)."""
+
+    port: int
+    processes: list[PeerProcess] = field(default_factory=list)

@@ -44,6 +44,7 @@ from .checks import (
     socks_upload,
 )
 from .endpoints import TcpEcho, TcpSink, TcpSource, UdpEcho
+from .peer_process import RunningPeer
 from .server_thread import ServerThread
 from .singbox import (
     SingBoxProcess,
@@ -70,18 +71,12 @@ def grams() -> list[bytes]:
 # ----------------------------------------------------------------------------------- our client -> sing-box server
 
 
-@dataclass
-class Peer:
-    port: int
-    processes: list[SingBoxProcess] = field(default_factory=list)  # logs attached to failure reports
-
-
 @pytest.fixture(scope="module")
-def sb_server(singbox_bin: str) -> Iterator[Peer]:
+def sb_server(singbox_bin: str) -> Iterator[RunningPeer]:
     port = free_port()
     cfg = server_config(port, [(AEAD_USER, 0), (LEGACY_USER, LEGACY_ALTER_ID)])
     with SingBoxProcess(cfg, binary=singbox_bin, name="sb-server") as proc:
-        yield Peer(port, [proc])
+        yield RunningPeer(port, [proc])
         assert proc.running, proc.log_tail()
         assert "panic" not in proc.log_text, proc.log_tail()
 
@@ -116,7 +111,7 @@ UDP_CASES = ["gcm", "chacha-A", "none", "zero", "legacy-cfb", "legacy-gcm"]
 
 @pytest.mark.parametrize("case", list(OUR_CLIENT_CASES))
 def test_our_client_echo_upload_download(
-    sb_server: Peer, echo: TcpEcho, download: TcpSource, tcp_sink: TcpSink, case: str
+    sb_server: RunningPeer, echo: TcpEcho, download: TcpSource, tcp_sink: TcpSink, case: str
 ) -> None:
     proxy = (("127.0.0.1", sb_server.port), OUR_CLIENT_CASES[case])
 
@@ -129,11 +124,11 @@ def test_our_client_echo_upload_download(
 
 
 @pytest.mark.parametrize("case", UDP_CASES)
-def test_our_client_udp(sb_server: Peer, uecho: UdpEcho, case: str) -> None:
+def test_our_client_udp(sb_server: RunningPeer, uecho: UdpEcho, case: str) -> None:
     asyncio.run(our_udp((("127.0.0.1", sb_server.port), OUR_CLIENT_CASES[case]), uecho.port, grams()))
 
 
-def test_cli_client_against_singbox(sb_server: Peer, echo: TcpEcho, uecho: UdpEcho) -> None:
+def test_cli_client_against_singbox(sb_server: RunningPeer, echo: TcpEcho, uecho: UdpEcho) -> None:
     """``vmess client`` with a share link asking for chacha20-poly1305 + authenticated length (test=1)."""
     link = f"vmess://{AEAD_USER}@127.0.0.1:{sb_server.port}?encryption=chacha20-poly1305&test=1#sing-box"
     with CliProcess(["client", link, "--listen", "127.0.0.1:0"]) as client:

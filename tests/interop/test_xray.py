@@ -47,6 +47,7 @@ from .checks import (
     socks_upload,
 )
 from .endpoints import Socks5UdpAssociation, TcpEcho, TcpSink, TcpSource, UdpEcho
+from .peer_process import RunningPeer
 from .server_thread import ServerThread
 from .xray import CONE_DISABLED, XrayProcess, client_config, free_port, server_config, stream_settings
 
@@ -64,17 +65,11 @@ def grams() -> list[bytes]:
 # ----------------------------------------------------------------------------------------- our client -> Xray server
 
 
-@dataclass
-class Peer:
-    port: int
-    processes: list[XrayProcess] = field(default_factory=list)  # logs attached to failure reports
-
-
 @pytest.fixture(scope="module")
-def xr_server(xray_python: str) -> Iterator[Peer]:
+def xr_server(xray_python: str) -> Iterator[RunningPeer]:
     port = free_port()
     with XrayProcess(server_config(port, [USER]), name="xr-server") as proc:
-        yield Peer(port, [proc])
+        yield RunningPeer(port, [proc])
         assert proc.running, proc.log_tail()
         assert "panic" not in proc.log_text, proc.log_tail()
 
@@ -97,7 +92,7 @@ OUR_CLIENT_CASES = {
 
 @pytest.mark.parametrize("case", list(OUR_CLIENT_CASES))
 def test_our_client_echo_upload_download(
-    xr_server: Peer, echo: TcpEcho, download: TcpSource, tcp_sink: TcpSink, case: str
+    xr_server: RunningPeer, echo: TcpEcho, download: TcpSource, tcp_sink: TcpSink, case: str
 ) -> None:
     proxy = (("127.0.0.1", xr_server.port), OUR_CLIENT_CASES[case])
 
@@ -110,7 +105,7 @@ def test_our_client_echo_upload_download(
 
 
 @pytest.mark.parametrize("case", ["gcm", "chacha-A"])
-def test_our_client_udp(xr_server: Peer, uecho: UdpEcho, case: str) -> None:
+def test_our_client_udp(xr_server: RunningPeer, uecho: UdpEcho, case: str) -> None:
     asyncio.run(our_udp((("127.0.0.1", xr_server.port), OUR_CLIENT_CASES[case]), uecho.port, grams()))
 
 
@@ -119,7 +114,7 @@ def test_our_client_udp(xr_server: Peer, uecho: UdpEcho, case: str) -> None:
     [config("none"), config("zero"), VmessConfig.new(USER).with_encryption("aes-128-gcm").with_alter_id(4)],
     ids=["none", "zero", "legacy-header"],
 )
-def test_xray_refuses_what_it_dropped(xr_server: Peer, echo: TcpEcho, refused: VmessConfig) -> None:
+def test_xray_refuses_what_it_dropped(xr_server: RunningPeer, echo: TcpEcho, refused: VmessConfig) -> None:
     """Xray 26 accepts only security 3 and 4 and the AEAD header: it closes the connection, nothing reaches the
     destination and nothing comes back."""
     connections = echo.connections
@@ -140,7 +135,7 @@ def test_xray_refuses_what_it_dropped(xr_server: Peer, echo: TcpEcho, refused: V
     assert echo.connections == connections
 
 
-def test_cli_client_against_xray(xr_server: Peer, echo: TcpEcho, uecho: UdpEcho) -> None:
+def test_cli_client_against_xray(xr_server: RunningPeer, echo: TcpEcho, uecho: UdpEcho) -> None:
     """``vmess client`` with a share link asking for aes-128-gcm + authenticated length (test=1)."""
     link = f"vmess://{USER}@127.0.0.1:{xr_server.port}?encryption=aes-128-gcm&test=1#xray"
     with CliProcess(["client", link, "--listen", "127.0.0.1:0"]) as client:
